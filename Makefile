@@ -1,0 +1,51 @@
+# autoparallel — every developer and CI entry point. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install demo test test-unit test-cluster lint bench cluster-build cluster-up cluster-down kubeconfig kind-up
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with the package, torch and the test tools
+
+demo: install  ## plan Llama-3.1-70B on the default local GPU pools and print the plan
+	$(VENV)/bin/autoparallel plan meta-llama/Llama-3.1-70B --gpu H100-80GB --gpus-per-node 8 --nodes 2 \
+		--seq-len 8192 --batch 64 --explain
+
+lint: install  ## ruff (format + lint) and mypy, all must be clean
+	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/mypy
+
+test: lint  ## lint, types, then every test (unit + the real local control plane)
+	$(PYTHON) -m pytest
+
+test-unit: install  ## the pure tests only (no cluster)
+	$(PYTHON) -m pytest tests/unit
+
+bench: install  ## planner speed (p50/p99 per catalog model) and the calibration error table
+	$(PYTHON) -m bench.planner
+	$(PYTHON) -m bench.calibration
+
+cluster-build:  ## build the local control plane binaries once (cached under ~/.cache/autoparallel)
+	hack/build-control-plane.sh
+
+cluster-up:  ## start the local control plane with simulated GPU nodes (idempotent)
+	hack/cluster-up.sh
+
+cluster-down:  ## stop the local control plane and remove its state
+	hack/cluster-down.sh
+
+kubeconfig:  ## print the path of the local cluster's kubeconfig
+	@hack/cluster-up.sh --print-kubeconfig-path

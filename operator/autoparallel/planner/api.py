@@ -1,0 +1,405 @@
+"""The public planner API (seed 001): plain dicts in and out, GiB at the edge, typed objects underneath."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from autoparallel.planner.cluster import NodePool, parse_cluster
+from autoparallel.planner.commands import ServeOptions, TrainOptions, join, torchrun_args, vllm_serve_args
+from autoparallel.planner.errors import InsufficientMemoryError, InvalidConfigurationError
+from autoparallel.planner.gpus import GPU_CATALOG
+from autoparallel.planner.inference import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+    VLLM_VERSION,
+    Degrees,
+    InferenceEstimate,
+    ServingSettings,
+    estimate_inference,
+)
+from autoparallel.planner.precision import (
+    QUANTIZATIONS,
+    checkpoint_format,
+    kv_cache_bytes,
+    resolve_dtype,
+    runtime_quantization,
+    unquantized,
+)
+from autoparallel.planner.resolve import ResolvedModel, resolve_model
+from autoparallel.planner.search import OBJECTIVES, WORKLOADS, Plan, Request, SearchResult, search
+from autoparallel.planner.training import RECOMPUTE_MODES, TrainingSettings, estimate_training
+from autoparallel.planner.units import to_gib
+
+ModelRef = str | Path | Mapping[str, Any]
+
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "gpu_memory_utilization": 0.90,
+    "dtype": None,
+    "quantization": None,
+    "kv_cache_dtype": "auto",
+    "workload": "inference",
+    "max_num_batched_tokens": DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    "max_num_seqs": DEFAULT_MAX_NUM_SEQS,
+    "tensor_parallel": None,
+    "pipeline_parallel": None,
+    "expert_parallel": None,
+    "data_parallel": None,
+    "max_gpus": None,
+    "allow_cross_node_tensor_parallel": False,
+    "explain": False,
+    "objective": "minimize_gpus",
+    "prices": None,
+    "micro_batch_size": 1,
+    "zero_stage": 1,
+    "recompute": "selective",
+    "sequence_parallel": True,
+    "batch_size": 32,
+}
+"""Every ``**option`` the API accepts, with its default (the CLI spells them with dashes)."""
+
+
+def _positive(options: Mapping[str, Any], name: str, allow_none: bool = True) -> None:
+    value = options[name]
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidConfigurationError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(raw) - set(_OPTION_DEFAULTS))
+    if unknown:
+        raise InvalidConfigurationError(
+            f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(_OPTION_DEFAULTS))}"
+        )
+    options = {**_OPTION_DEFAULTS, **raw}
+    util = options["gpu_memory_utilization"]
+    if isinstance(util, bool) or not isinstance(util, int | float) or not 0 < util <= 1:
+        raise InvalidConfigurationError(f"gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
+    for name in ("tensor_parallel", "pipeline_parallel", "expert_parallel", "data_parallel", "max_gpus"):
+        _positive(options, name)
+    for name in ("max_num_batched_tokens", "max_num_seqs", "micro_batch_size", "batch_size"):
+        _positive(options, name, allow_none=False)
+    if options["workload"] not in WORKLOADS:
+        raise InvalidConfigurationError(f"workload: {options['workload']!r} is not one of {', '.join(WORKLOADS)}")
+    if options["objective"] not in OBJECTIVES:
+        raise InvalidConfigurationError(
+            f"objective: {options['objective']!r} is not one of {', '.join(OBJECTIVES)}"
+        )
+    if options["quantization"] is not None and options["quantization"] not in QUANTIZATIONS:
+        raise InvalidConfigurationError(
+            f"quantization: {options['quantization']!r} is not one of {', '.join(QUANTIZATIONS)} or None"
+        )
+    if options["recompute"] not in RECOMPUTE_MODES:
+        raise InvalidConfigurationError(f"recompute: expected one of {', '.join(RECOMPUTE_MODES)}")
+    if options["zero_stage"] not in (0, 1, 2, 3):
+        raise InvalidConfigurationError(f"zero_stage: expected 0, 1, 2 or 3, got {options['zero_stage']!r}")
+    prices = options["prices"] or {}
+    if not isinstance(prices, Mapping) or any(
+        isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in prices.values()
+    ):
+        raise InvalidConfigurationError("prices: expected a mapping of GPU name to USD per GPU-hour (≥ 0)")
+    return options
+
+
+@dataclass(frozen=True)
+class _Context:
+    model: ResolvedModel
+    request: Request
+    options: dict[str, Any]
+
+
+def _serving_settings(model: ResolvedModel, options: Mapping[str, Any], bf16: bool) -> ServingSettings:
+    dtype = resolve_dtype(options["dtype"], model.shape.dtype, bf16)
+    stored = checkpoint_format(model.quantization_config, dtype)
+    if options["quantization"] is not None:
+        weights = runtime_quantization(options["quantization"], dtype)
+    else:
+        weights = stored or unquantized(dtype)
+    return ServingSettings(
+        dtype=dtype,
+        weights=weights,
+        kv_cache_bytes_per_element=kv_cache_bytes(options["kv_cache_dtype"], dtype),
+        gpu_memory_utilization=float(options["gpu_memory_utilization"]),
+        max_num_batched_tokens=options["max_num_batched_tokens"],
+        max_num_seqs=options["max_num_seqs"],
+    )
+
+
+def _context(model: ModelRef, sequence_length: int, batch_size: int, options: Mapping[str, Any]) -> _Context:
+    opts = _options({**options, "batch_size": batch_size})
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 1:
+        raise InvalidConfigurationError(f"sequence_length: expected a positive integer, got {sequence_length!r}")
+    resolved = resolve_model(model)
+    if sequence_length > resolved.shape.max_position_embeddings:
+        raise InvalidConfigurationError(
+            f"sequence_length: {sequence_length} exceeds the {resolved.shape.max_position_embeddings} positions "
+            f"{resolved.model_id} supports; use at most {resolved.shape.max_position_embeddings}"
+        )
+    serving = _serving_settings(resolved, opts, bf16=True)
+    training = TrainingSettings(
+        dtype=serving.dtype,
+        zero_stage=opts["zero_stage"],
+        micro_batch_size=opts["micro_batch_size"],
+        recompute=opts["recompute"],
+        sequence_parallel=bool(opts["sequence_parallel"]),
+    )
+    request = Request(
+        workload=opts["workload"],
+        sequence_length=sequence_length,
+        batch_size=batch_size,
+        objective=opts["objective"],
+        serving=serving,
+        training=training if opts["workload"] == "training" else None,
+        tensor_parallel=opts["tensor_parallel"],
+        pipeline_parallel=opts["pipeline_parallel"],
+        expert_parallel=opts["expert_parallel"],
+        data_parallel=opts["data_parallel"],
+        max_gpus=opts["max_gpus"],
+        allow_cross_node_tensor_parallel=bool(opts["allow_cross_node_tensor_parallel"]),
+        prices=tuple(sorted((opts["prices"] or {}).items())),
+    )
+    return _Context(resolved, request, opts)
+
+
+def _breakdown(plan: Plan) -> dict[str, float]:
+    if isinstance(plan.memory, InferenceEstimate):
+        stage = plan.memory.peak_stage
+        parts = {
+            "weights": stage.weights,
+            "activations": stage.activations,
+            "kv_cache": max(0, stage.kv_cache),
+            "framework_overhead": stage.overhead,
+        }
+    else:
+        m = plan.memory
+        parts = {
+            "weights": m.parameters,
+            "gradients": m.gradients,
+            "optimizer_states": m.optimizer_states,
+            "activations": m.activations,
+            "kv_cache": 0,
+            "framework_overhead": m.overhead,
+        }
+    return {**{k: to_gib(v) for k, v in parts.items()}, "total": to_gib(sum(parts.values()))}
+
+
+def _command(plan: Plan, ctx: _Context) -> str:
+    d = plan.degrees
+    if ctx.request.workload == "training":
+        nodes = max(1, plan.nodes)
+        per_node = d.total_gpus // nodes
+        micro = max(1, ctx.request.batch_size // (d.data * ctx.options["micro_batch_size"]))
+        train = TrainOptions(ctx.model.model_id, ctx.request.sequence_length, ctx.request.batch_size, micro)
+        return join(torchrun_args(d, train, nodes, per_node))
+    serving = ctx.request.serving
+    assert serving is not None
+    serve = ServeOptions(
+        model=ctx.model.model_id,
+        max_model_len=ctx.request.sequence_length,
+        gpu_memory_utilization=serving.gpu_memory_utilization,
+        dtype=ctx.options["dtype"],
+        quantization=ctx.options["quantization"],
+        kv_cache_dtype=ctx.options["kv_cache_dtype"],
+        max_num_batched_tokens=serving.max_num_batched_tokens,
+    )
+    return join(vllm_serve_args(d, serve, multi_node=plan.nodes_per_replica > 1))
+
+
+def _reason(plan: Plan, ctx: _Context) -> str:
+    d = plan.degrees
+    layout = f"TP={d.tensor} PP={d.pipeline}" + (f" EP={d.expert}" if d.expert > 1 else "") + f" DP={d.data}"
+    where = f"{d.total_gpus}× {plan.pool.gpu_name} on {plan.nodes} node(s)"
+    if isinstance(plan.memory, InferenceEstimate):
+        serves = (
+            f"KV cache {plan.kv_cache_tokens:,} tokens/replica = {plan.max_concurrent_sequences} sequences of "
+            f"{ctx.request.sequence_length}; {d.data} replica(s) cover batch {ctx.request.batch_size}"
+        )
+    else:
+        serves = f"{to_gib(plan.per_gpu_bytes)} GiB per GPU for global batch {ctx.request.batch_size}"
+    return f"{ctx.request.objective}: {layout} on {where}; {serves}"
+
+
+def _plan_dict(plan: Plan, ctx: _Context) -> dict[str, Any]:
+    d = plan.degrees
+    per_gpu = plan.per_gpu_bytes
+    result: dict[str, Any] = {
+        "tensor_parallel": d.tensor,
+        "pipeline_parallel": d.pipeline,
+        "expert_parallel": d.expert,
+        "data_parallel": d.data,
+        "total_gpus": d.total_gpus,
+        "memory_per_gpu_gb": to_gib(per_gpu),
+        "memory_utilization": round(per_gpu / plan.pool.gpu_memory_bytes, 4),
+        "memory_breakdown": _breakdown(plan),
+        "deployment_command": _command(plan, ctx),
+        "nodes": plan.nodes,
+        "gpu_type": plan.pool.gpu_name,
+        "kv_cache_tokens": plan.kv_cache_tokens,
+        "max_concurrent_sequences": plan.max_concurrent_sequences,
+        "reason": _reason(plan, ctx),
+        "pool": plan.pool.name,
+        "gpus_per_replica": d.gpus_per_replica,
+        "nodes_per_replica": plan.nodes_per_replica,
+        "gpu_memory_gb": to_gib(plan.pool.gpu_memory_bytes),
+        "cost_per_hour_usd": round(plan.cost_per_hour, 2),
+        "workload": ctx.request.workload,
+        "model": ctx.model.model_id,
+        "vllm_version": VLLM_VERSION,
+    }
+    if isinstance(plan.memory, InferenceEstimate):
+        result["stages"] = [
+            {
+                "stage": s.stage,
+                "layers": [s.first_layer, s.first_layer + s.num_layers - 1],
+                "weights_gb": to_gib(s.weights),
+                "kv_cache_gb": to_gib(max(0, s.kv_cache)),
+                "kv_cache_tokens": s.kv_cache_tokens,
+            }
+            for s in plan.memory.stages
+        ]
+    return result
+
+
+def _smallest_fit(ctx: _Context, pools: tuple[NodePool, ...]) -> str:
+    """The smallest cluster of the same GPU products (whole nodes, as many as needed) that would fit."""
+    best: Plan | None = None
+    for pool in {p.gpu_name: p for p in pools}.values():
+        nodes = max(64, pool.num_nodes)
+        ample = replace(pool, name=pool.gpu_name, free_gpus=(pool.gpus_per_node,) * nodes, price_per_gpu_hour=0.0)
+        request = replace(ctx.request, objective="minimize_gpus", max_gpus=None, data_parallel=None)
+        plans = search(ctx.model.shape, (ample,), request).plans
+        if plans and (best is None or plans[0].degrees.total_gpus < best.degrees.total_gpus):
+            best = plans[0]
+    if best is None:
+        return "it does not fit even on 64 nodes of these GPUs; use larger GPUs, quantization or a shorter sequence"
+    d = best.degrees
+    return (
+        f"the smallest cluster that fits is {d.total_gpus}× {best.pool.gpu_name} "
+        f"({best.nodes} node(s) of {best.pool.gpus_per_node}: TP={d.tensor} PP={d.pipeline} DP={d.data})"
+    )
+
+
+def _run(ctx: _Context, cluster: object) -> tuple[tuple[NodePool, ...], SearchResult]:
+    pools = parse_cluster(cluster)
+    result = search(ctx.model.shape, pools, ctx.request)
+    if not result.plans:
+        free = sum(p.free_total for p in pools)
+        reasons = "; ".join(dict.fromkeys(str(r) for r in result.rejections[-3:]))
+        raise InsufficientMemoryError(
+            f"{ctx.model.model_id} ({ctx.request.workload}, sequence_length={ctx.request.sequence_length}, "
+            f"batch_size={ctx.request.batch_size}) does not fit on the cluster's {free} free GPU(s): "
+            f"{_smallest_fit(ctx, pools)}. Last rejections: {reasons}"
+        )
+    return pools, result
+
+
+def _distinct(plans: tuple[Plan, ...], limit: int) -> list[Plan]:
+    """The best plan of each distinct (pool, TP, PP, EP) shape, up to ``limit``."""
+    seen: set[tuple[str, int, int, int]] = set()
+    chosen: list[Plan] = []
+    for plan in plans:
+        key = (plan.pool.name, plan.degrees.tensor, plan.degrees.pipeline, plan.degrees.expert)
+        if key not in seen:
+            seen.add(key)
+            chosen.append(plan)
+        if len(chosen) == limit:
+            break
+    return chosen
+
+
+def analyze(
+    model: ModelRef,
+    cluster: object,
+    sequence_length: int = 2048,
+    batch_size: int = 32,
+    max_configs: int = 5,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Ranked parallel configurations of ``model`` on ``cluster`` (best first).
+
+    Raises ModelNotFoundError, InsufficientMemoryError or InvalidConfigurationError with a message that
+    names the field at fault and the nearest fix. With ``explain=True`` every dict also lists the rejected
+    candidates under ``rejected``, one line each.
+    """
+    if isinstance(max_configs, bool) or not isinstance(max_configs, int) or max_configs < 1:
+        raise InvalidConfigurationError(f"max_configs: expected a positive integer, got {max_configs!r}")
+    ctx = _context(model, sequence_length, batch_size, options)
+    _, result = _run(ctx, cluster)
+    configs = [_plan_dict(plan, ctx) for plan in _distinct(result.plans, max_configs)]
+    if ctx.options["explain"]:
+        rejected = [str(r) for r in result.rejections]
+        for config in configs:
+            config["rejected"] = rejected
+    return configs
+
+
+def best_config(model: ModelRef, cluster: object, objective: str = "minimize_gpus", **options: Any) -> dict[str, Any]:
+    """The single best configuration for ``objective`` (minimize_gpus, maximize_batch, balanced, minimize_cost)."""
+    return analyze(model, cluster, max_configs=1, **{**options, "objective": objective})[0]
+
+
+def check_memory_requirements(model: ModelRef, sequence_length: int = 2048, **options: Any) -> dict[str, Any]:
+    """Memory the model needs on one GPU, without a cluster: weights, one sequence, ``batch_size`` sequences."""
+    batch = options.pop("batch_size", 32)
+    ctx = _context(model, sequence_length, batch, options)
+    shape = ctx.model.shape
+    serving = ctx.request.serving
+    assert serving is not None
+    unlimited = 1 << 50  # an imaginary GPU large enough for any model: only the fixed parts matter
+    stage = estimate_inference(shape, Degrees(), replace(serving, gpu_memory_utilization=1.0), unlimited, 1).stages[0]
+    fixed = stage.weights + stage.activations + stage.overhead
+    one_sequence = sum(
+        g.elements_per_token(1) * min(sequence_length, g.sliding_window or sequence_length) for g in shape.attention
+    ) * serving.kv_cache_bytes_per_element
+    minimum = fixed + one_sequence
+    recommended = (fixed + batch * one_sequence) / serving.gpu_memory_utilization
+    result: dict[str, Any] = {
+        "model": ctx.model.model_id,
+        "parameter_count": shape.parameter_count,
+        "model_size_gb": to_gib(stage.weights),
+        "minimum_memory_gb": to_gib(minimum),
+        "recommended_memory_gb": to_gib(recommended),
+        "supports_quantization": not serving.weights.quantized,
+        "dtype": serving.dtype,
+        "weight_format": serving.weights.name,
+        "kv_cache_bytes_per_token": stage.kv_bytes_per_token,
+        "kv_cache_gb_per_sequence": to_gib(one_sequence, 4),
+        "sequence_length": sequence_length,
+        "batch_size": batch,
+        "vllm_version": VLLM_VERSION,
+        "fits_on": sorted(g.name for g in GPU_CATALOG if g.usable_bytes * serving.gpu_memory_utilization >= minimum),
+    }
+    if shape.is_moe:
+        result["active_parameter_count"] = shape.active_parameter_count
+    if ctx.request.workload == "training":
+        settings = replace(ctx.request.training or TrainingSettings(), num_micro_batches=1)
+        training = estimate_training(shape, Degrees(), settings, sequence_length)
+        result["training_memory_gb"] = to_gib(training.total)
+    return result
+
+
+def estimate_cost(
+    model: ModelRef, cluster: object, hours_per_month: float = 730, **options: Any
+) -> dict[str, Any]:
+    """Monthly cost of the cheapest configuration that serves the request on ``cluster``."""
+    if isinstance(hours_per_month, bool) or not isinstance(hours_per_month, int | float) or hours_per_month <= 0:
+        raise InvalidConfigurationError(f"hours_per_month: expected a positive number, got {hours_per_month!r}")
+    config = best_config(model, cluster, **{**options, "objective": options.get("objective", "minimize_cost")})
+    price = config["cost_per_hour_usd"] / config["total_gpus"]
+    source = "caller's prices" if options.get("prices") else "autoparallel's default on-demand list prices"
+    return {
+        "gpus_needed": config["total_gpus"],
+        "gpu_type": config["gpu_type"],
+        "cost_per_gpu_hour": round(price, 2),
+        "estimated_monthly_cost_usd": round(config["cost_per_hour_usd"] * hours_per_month, 2),
+        "hours_per_month": hours_per_month,
+        "configuration": {k: config[k] for k in ("tensor_parallel", "pipeline_parallel", "data_parallel")},
+        "assumptions": (
+            f"{config['total_gpus']}× {config['gpu_type']} at ${price:.2f}/GPU-hour ({source}), "
+            f"{hours_per_month} hours per month, plan '{config['reason']}'"
+        ),
+    }

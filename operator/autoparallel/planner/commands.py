@@ -1,0 +1,102 @@
+"""The command lines a plan runs: ``vllm serve`` for inference, ``torchrun`` for training."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from autoparallel.planner.inference import DEFAULT_MAX_NUM_BATCHED_TOKENS, Degrees
+
+TORCHRUN_MASTER_PORT = 29500
+"""torchrun's conventional rendezvous port (PET_MASTER_PORT in Kubeflow's Trainer)."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """vLLM flags that follow from the request rather than the degrees."""
+
+    model: str
+    max_model_len: int
+    gpu_memory_utilization: float
+    dtype: str | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    port: int = 8000
+
+
+def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -> list[str]:
+    """Arguments of ``vllm serve`` for one replica of ``degrees``."""
+    args = [
+        "vllm",
+        "serve",
+        options.model,
+        "--tensor-parallel-size",
+        str(degrees.tensor),
+        "--pipeline-parallel-size",
+        str(degrees.pipeline),
+        "--max-model-len",
+        str(options.max_model_len),
+        "--gpu-memory-utilization",
+        f"{options.gpu_memory_utilization:g}",
+    ]
+    if degrees.expert > 1:
+        args += ["--enable-expert-parallel"]
+        if degrees.expert > degrees.tensor:
+            args += ["--data-parallel-size", str(degrees.expert // degrees.tensor)]
+    if options.dtype:
+        args += ["--dtype", options.dtype]
+    if options.quantization:
+        args += ["--quantization", options.quantization]
+    if options.kv_cache_dtype != "auto":
+        args += ["--kv-cache-dtype", options.kv_cache_dtype]
+    if options.max_num_batched_tokens != DEFAULT_MAX_NUM_BATCHED_TOKENS:
+        args += ["--max-num-batched-tokens", str(options.max_num_batched_tokens)]
+    if multi_node:
+        args += ["--distributed-executor-backend", "ray"]
+    args += ["--port", str(options.port)]
+    return args
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    model: str
+    sequence_length: int
+    global_batch_size: int
+    micro_batches: int
+    steps: int = 1000
+
+
+def torchrun_args(degrees: Degrees, options: TrainOptions, nodes: int, gpus_per_node: int) -> list[str]:
+    """``torchrun`` launching the training runtime with the planned degrees (environment per SPEC §3)."""
+    return [
+        "torchrun",
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={gpus_per_node}",
+        "--node-rank=${PET_NODE_RANK}",
+        "--master-addr=${PET_MASTER_ADDR}",
+        f"--master-port={TORCHRUN_MASTER_PORT}",
+        "-m",
+        "autoparallel.parallel.train",
+        "--tensor-parallel",
+        str(degrees.tensor),
+        "--pipeline-parallel",
+        str(degrees.pipeline),
+        "--data-parallel",
+        str(degrees.data),
+        "--model",
+        options.model,
+        "--seq-len",
+        str(options.sequence_length),
+        "--global-batch-size",
+        str(options.global_batch_size),
+        "--micro-batches",
+        str(options.micro_batches),
+        "--steps",
+        str(options.steps),
+    ]
+
+
+def join(args: list[str]) -> str:
+    """A shell command line; ``${VAR}`` references are left for the shell to expand."""
+    return " ".join(arg if arg.startswith("--") and "${" in arg else shlex.quote(arg) for arg in args)

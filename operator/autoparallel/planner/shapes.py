@@ -1,0 +1,413 @@
+"""Model shapes: the numbers the memory model needs, read from a transformers config.
+
+A :class:`ModelShape` holds the exact parameter count of every decoder layer, split by how vLLM's tensor
+parallelism shards it, plus the attention geometry the KV cache depends on. The analytic rules below cover
+the families of the bundled catalog; :mod:`autoparallel.planner.metacount` gives the same layout for any other
+architecture by building the transformers model on the ``meta`` device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from autoparallel.planner.errors import InvalidConfigurationError
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """Parameters of one decoder layer, grouped by how tensor/expert parallelism shards them."""
+
+    sharded: int = 0
+    """Linear weights split evenly over TP ranks (q/o projections, dense MLP, MLA up-projections)."""
+    kv: int = 0
+    """k/v projection weights: split while TP ≤ KV heads, each KV head replicated beyond that."""
+    replicated_linear: int = 0
+    """Linear weights every TP rank holds whole (MLA down-projections q_a/kv_a in vLLM)."""
+    small: int = 0
+    """Norms, routers and biases: replicated and never quantized."""
+    experts: int = 0
+    """Routed-expert weights: sliced by TP, or whole experts spread over EP ranks."""
+
+    @property
+    def total(self) -> int:
+        return self.sharded + self.kv + self.replicated_linear + self.small + self.experts
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    """What one layer stores in the KV cache per token."""
+
+    kv_heads: int
+    """KV heads (0 for MLA, which stores one latent per token)."""
+    head_dim: int
+    """Dimension of a K or V head."""
+    latent_dim: int = 0
+    """MLA: kv_lora_rank + qk_rope_head_dim elements per token, replicated on every TP rank."""
+    sliding_window: int | None = None
+    """Tokens a sliding-window layer keeps; None for full attention."""
+
+    def elements_per_token(self, tp: int) -> int:
+        """KV-cache elements one TP rank stores per token for this layer."""
+        if self.latent_dim:
+            return self.latent_dim
+        return 2 * max(1, self.kv_heads // tp) * self.head_dim
+
+
+@dataclass(frozen=True, eq=False)
+class ModelShape:
+    """Everything the planner knows about a model's size and structure.
+
+    Compared and hashed by identity: the search caches per-shape tables, and resolution caches shapes.
+    """
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    intermediate_size: int
+    """Dense MLP width (the widest per-token MLP activation, for MoE the routed+shared width)."""
+    max_position_embeddings: int
+    layers: tuple[LayerParams, ...]
+    attention: tuple[AttentionGeometry, ...]
+    embedding_params: int
+    """Token (and learned position) embeddings, held by the first pipeline stage."""
+    lm_head_params: int
+    """Output projection (0 when tied to the embedding), held by the last stage."""
+    final_norm_params: int
+    """Final norm (and lm_head bias), held by the last stage."""
+    extra_params: int = 0
+    """Parameters outside the decoder stack (vision tower, projector), held by the first stage."""
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    rotary_dim: int = 0
+    """Width of vLLM's rotary cos/sin cache (0 without rotary embeddings)."""
+    dtype: str = "bfloat16"
+    """Checkpoint dtype from the config (``torch_dtype``)."""
+    is_mla: bool = False
+
+    @property
+    def parameter_count(self) -> int:
+        return (
+            self.embedding_params
+            + self.lm_head_params
+            + self.final_norm_params
+            + self.extra_params
+            + sum(layer.total for layer in self.layers)
+        )
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def active_parameter_count(self) -> int:
+        """Parameters one token touches: routed experts count only ``experts_per_token`` of ``num_experts``."""
+        if not self.is_moe:
+            return self.parameter_count
+        inactive = sum(layer.experts for layer in self.layers) * (self.num_experts - self.experts_per_token)
+        return self.parameter_count - inactive // self.num_experts
+
+
+def _get(config: Any, *names: str, default: Any = None) -> Any:
+    """The first attribute of ``names`` that the config sets to something other than None."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _gated_mlp(hidden: int, inner: int, bias: bool = False) -> int:
+    """gate, up and down projections of a SwiGLU/GeGLU MLP."""
+    return 3 * hidden * inner + (2 * inner + hidden if bias else 0)
+
+
+def _layer_windows(config: Any, num_layers: int) -> tuple[int | None, ...]:
+    """Per-layer sliding window, from ``layer_types`` where the config has them, else the global window."""
+    window = _get(config, "sliding_window")
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return tuple(window if kind == "sliding_attention" else None for kind in layer_types[:num_layers])
+    if window and getattr(config, "use_sliding_window", True):
+        return (int(window),) * num_layers
+    return (None,) * num_layers
+
+
+@dataclass(frozen=True)
+class _Common:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    inner: int
+    tied: bool
+
+
+def _common(config: Any) -> _Common:
+    hidden = int(_get(config, "hidden_size", "n_embd", "d_model"))
+    heads = int(_get(config, "num_attention_heads", "n_head"))
+    return _Common(
+        hidden=hidden,
+        layers=int(_get(config, "num_hidden_layers", "n_layer")),
+        heads=heads,
+        kv_heads=int(_get(config, "num_key_value_heads", "num_kv_heads", default=heads)),
+        head_dim=int(_get(config, "head_dim", default=hidden // heads)),
+        vocab=int(config.vocab_size),
+        inner=int(_get(config, "intermediate_size", "n_inner", "ffn_hidden_size", default=4 * hidden)),
+        tied=bool(getattr(config, "tie_word_embeddings", False)),
+    )
+
+
+def _dense_attention(c: _Common, qkv_bias: bool, o_bias: bool, qk_norm: bool = False) -> LayerParams:
+    q_out = c.heads * c.head_dim
+    kv_out = c.kv_heads * c.head_dim
+    bias = (q_out + 2 * kv_out if qkv_bias else 0) + (c.hidden if o_bias else 0)
+    return LayerParams(
+        sharded=2 * c.hidden * q_out,
+        kv=2 * c.hidden * kv_out,
+        small=bias + (2 * c.head_dim if qk_norm else 0),
+    )
+
+
+def _combine(*parts: LayerParams) -> LayerParams:
+    return LayerParams(
+        sharded=sum(p.sharded for p in parts),
+        kv=sum(p.kv for p in parts),
+        replicated_linear=sum(p.replicated_linear for p in parts),
+        small=sum(p.small for p in parts),
+        experts=sum(p.experts for p in parts),
+    )
+
+
+def _is_sparse_qwen(config: Any, index: int) -> bool:
+    """Qwen2-MoE/Qwen3-MoE: which layers use experts (``mlp_only_layers``, ``decoder_sparse_step``)."""
+    step = int(_get(config, "decoder_sparse_step", default=1))
+    return index not in (getattr(config, "mlp_only_layers", None) or []) and (index + 1) % step == 0
+
+
+def _decoder_family(config: Any) -> tuple[list[LayerParams], dict[str, int]]:
+    """Llama, Mistral, Mixtral, Qwen2/2-MoE/3/3-MoE, Granite, Gemma/Gemma-2, Phi-3 (fused qkv, same counts)."""
+    c = _common(config)
+    model_type = config.model_type
+    qkv_bias = model_type in ("qwen2", "qwen2_moe") or bool(getattr(config, "attention_bias", False))
+    o_bias = model_type not in ("qwen2", "qwen2_moe") and bool(getattr(config, "attention_bias", False))
+    attention = _dense_attention(c, qkv_bias, o_bias, qk_norm=model_type in ("qwen3", "qwen3_moe"))
+    norms = (4 if model_type == "gemma2" else 2) * c.hidden
+    mlp_bias = bool(getattr(config, "mlp_bias", False))
+    num_experts = int(_get(config, "num_local_experts", "num_experts", default=0))
+    moe_inner = int(_get(config, "moe_intermediate_size", default=c.inner))
+    shared_inner = int(_get(config, "shared_expert_intermediate_size", default=0))
+    layers = []
+    for index in range(c.layers):
+        if num_experts and (model_type == "mixtral" or _is_sparse_qwen(config, index)):
+            mlp = LayerParams(
+                sharded=_gated_mlp(c.hidden, shared_inner) if shared_inner else 0,
+                small=c.hidden * num_experts + (c.hidden if shared_inner else 0),  # router (+ shared gate)
+                experts=num_experts * _gated_mlp(c.hidden, moe_inner),
+            )
+        else:
+            mlp = LayerParams(sharded=_gated_mlp(c.hidden, c.inner, mlp_bias))
+        layers.append(_combine(attention, mlp, LayerParams(small=norms)))
+    extras = {"final_norm": c.hidden, "num_experts": num_experts, "moe_inner": moe_inner if num_experts else 0}
+    return layers, extras
+
+
+def _deepseek_family(config: Any) -> tuple[list[LayerParams], dict[str, int]]:
+    """DeepSeek-V2/V3: multi-head latent attention, shared experts, first dense layers."""
+    c = _common(config)
+    qk_head = int(config.qk_nope_head_dim) + int(config.qk_rope_head_dim)
+    kv_lora = int(config.kv_lora_rank)
+    q_lora = getattr(config, "q_lora_rank", None)
+    bias = bool(getattr(config, "attention_bias", False))
+    heads_out = c.heads * qk_head
+    if q_lora:
+        q = LayerParams(
+            sharded=int(q_lora) * heads_out,
+            replicated_linear=c.hidden * int(q_lora),
+            small=int(q_lora) + (int(q_lora) if bias else 0),  # q_a_layernorm (+ q_a bias)
+        )
+    else:
+        q = LayerParams(sharded=c.hidden * heads_out)
+    kv_a_out = kv_lora + int(config.qk_rope_head_dim)
+    attention = _combine(
+        q,
+        LayerParams(
+            sharded=kv_lora * c.heads * (int(config.qk_nope_head_dim) + int(config.v_head_dim))
+            + c.heads * int(config.v_head_dim) * c.hidden,
+            replicated_linear=c.hidden * kv_a_out,
+            small=kv_lora + (kv_a_out + c.hidden if bias else 0),
+        ),
+    )
+    num_experts = int(_get(config, "n_routed_experts", default=0))
+    moe_inner = int(config.moe_intermediate_size)
+    shared = int(_get(config, "n_shared_experts", default=0))
+    first_dense = int(_get(config, "first_k_dense_replace", default=0))
+    freq = int(_get(config, "moe_layer_freq", default=1))
+    layers = []
+    for index in range(c.layers):
+        if num_experts and index >= first_dense and index % freq == 0:
+            mlp = LayerParams(
+                sharded=_gated_mlp(c.hidden, moe_inner * shared) if shared else 0,
+                small=c.hidden * num_experts,
+                experts=num_experts * _gated_mlp(c.hidden, moe_inner),
+            )
+        else:
+            mlp = LayerParams(sharded=_gated_mlp(c.hidden, c.inner))
+        layers.append(_combine(attention, mlp, LayerParams(small=2 * c.hidden)))
+    extras = {"final_norm": c.hidden, "num_experts": num_experts, "moe_inner": moe_inner}
+    return layers, extras
+
+
+def _phi_family(config: Any) -> tuple[list[LayerParams], dict[str, int]]:
+    """Phi-1/2: biased q/k/v/dense, plain GELU MLP, one LayerNorm per block, biased lm_head."""
+    c = _common(config)
+    attention = _dense_attention(c, qkv_bias=True, o_bias=True)
+    mlp = LayerParams(sharded=2 * c.hidden * c.inner, small=c.inner + c.hidden)
+    layer = _combine(attention, mlp, LayerParams(small=2 * c.hidden))
+    return [layer] * c.layers, {"final_norm": 2 * c.hidden + c.vocab}
+
+
+def _gpt2_family(config: Any) -> tuple[list[LayerParams], dict[str, int]]:
+    """GPT-2: fused biased c_attn, biased MLP, two LayerNorms per block, learned positions."""
+    c = _common(config)
+    attention = _dense_attention(c, qkv_bias=True, o_bias=True)
+    mlp = LayerParams(sharded=2 * c.hidden * c.inner, small=c.inner + c.hidden)
+    layer = _combine(attention, mlp, LayerParams(small=4 * c.hidden))
+    return [layer] * c.layers, {"final_norm": 2 * c.hidden, "positions": int(config.n_positions) * c.hidden}
+
+
+def _falcon_family(config: Any) -> tuple[list[LayerParams], dict[str, int]]:
+    """Falcon: fused qkv (multi-query or grouped), parallel attention/MLP, LayerNorms with bias."""
+    c = _common(config)
+    if not getattr(config, "new_decoder_architecture", False) and getattr(config, "multi_query", True):
+        c = _Common(c.hidden, c.layers, c.heads, 1, c.head_dim, c.vocab, c.inner, c.tied)
+    bias = bool(getattr(config, "bias", False))
+    attention = _dense_attention(c, qkv_bias=bias, o_bias=bias)
+    inner = int(_get(config, "ffn_hidden_size", default=4 * c.hidden))
+    mlp = LayerParams(sharded=2 * c.hidden * inner, small=inner + c.hidden if bias else 0)
+    parallel_norms = getattr(config, "new_decoder_architecture", False) and (
+        _get(config, "num_ln_in_parallel_attn", default=2) == 2
+    )
+    norms = (4 if parallel_norms else 2) * c.hidden
+    layer = _combine(attention, mlp, LayerParams(small=norms))
+    return [layer] * c.layers, {"final_norm": 2 * c.hidden}
+
+
+_FAMILIES: dict[str, Callable[[Any], tuple[list[LayerParams], dict[str, int]]]] = {
+    **dict.fromkeys(
+        (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "qwen3_moe",
+            "granite",
+            "gemma",
+            "gemma2",
+            "phi3",
+        ),
+        _decoder_family,
+    ),
+    "deepseek_v2": _deepseek_family,
+    "deepseek_v3": _deepseek_family,
+    "phi": _phi_family,
+    "gpt2": _gpt2_family,
+    "falcon": _falcon_family,
+}
+
+ANALYTIC_MODEL_TYPES = frozenset(_FAMILIES)
+
+
+def _rotary_dim(config: Any, head_dim: int) -> int:
+    if config.model_type in ("gpt2",):
+        return 0
+    if config.model_type in ("deepseek_v2", "deepseek_v3"):
+        return int(config.qk_rope_head_dim)
+    factor = _get(config, "partial_rotary_factor", default=1.0)
+    return int(head_dim * float(factor))
+
+
+def _attention_geometry(config: Any, c: _Common) -> tuple[AttentionGeometry, ...]:
+    windows = _layer_windows(config, c.layers)
+    if config.model_type in ("deepseek_v2", "deepseek_v3"):
+        latent = int(config.kv_lora_rank) + int(config.qk_rope_head_dim)
+        return tuple(AttentionGeometry(0, 0, latent, w) for w in windows)
+    kv_heads = c.kv_heads
+    if config.model_type == "falcon" and not getattr(config, "new_decoder_architecture", False):
+        kv_heads = 1 if getattr(config, "multi_query", True) else c.heads
+    return tuple(AttentionGeometry(kv_heads, c.head_dim, 0, w) for w in windows)
+
+
+def checkpoint_dtype(config: Any) -> str:
+    """The dtype name the checkpoint is stored in (transformers 5 calls it ``dtype``, 4.x ``torch_dtype``)."""
+    raw = _get(config, "dtype", "torch_dtype", default="bfloat16")
+    return str(raw).removeprefix("torch.")
+
+
+def shape_from_layers(
+    config: Any,
+    layers: list[LayerParams],
+    embedding: int,
+    lm_head: int,
+    final_norm: int,
+    extra: int = 0,
+) -> ModelShape:
+    """Assemble a :class:`ModelShape` from a per-layer layout (analytic or counted on the meta device)."""
+    c = _common(config)
+    num_experts = int(_get(config, "num_local_experts", "num_experts", "n_routed_experts", default=0))
+    experts_per_token = int(_get(config, "num_experts_per_tok", "num_experts_per_token", default=0))
+    moe_inner = int(_get(config, "moe_intermediate_size", default=c.inner)) if num_experts else 0
+    shared_inner = int(_get(config, "shared_expert_intermediate_size", default=0)) or moe_inner * int(
+        _get(config, "n_shared_experts", default=0)
+    )
+    widest_mlp = max(c.inner, experts_per_token * moe_inner + shared_inner)
+    return ModelShape(
+        model_type=config.model_type,
+        hidden_size=c.hidden,
+        num_layers=c.layers,
+        num_heads=c.heads,
+        num_kv_heads=c.kv_heads,
+        head_dim=c.head_dim,
+        vocab_size=c.vocab,
+        intermediate_size=widest_mlp,
+        max_position_embeddings=int(_get(config, "max_position_embeddings", "n_positions", default=2048)),
+        layers=tuple(layers),
+        attention=_attention_geometry(config, c),
+        embedding_params=embedding,
+        lm_head_params=lm_head,
+        final_norm_params=final_norm,
+        extra_params=extra,
+        num_experts=num_experts,
+        experts_per_token=experts_per_token,
+        moe_intermediate_size=moe_inner,
+        rotary_dim=_rotary_dim(config, c.head_dim),
+        dtype=checkpoint_dtype(config),
+        is_mla=config.model_type in ("deepseek_v2", "deepseek_v3"),
+    )
+
+
+def analytic_shape(config: Any) -> ModelShape | None:
+    """The exact shape of a model of a known family, or None when no analytic rule covers it."""
+    family = _FAMILIES.get(config.model_type)
+    if family is None:
+        return None
+    c = _common(config)
+    if c.heads <= 0 or c.layers <= 0 or c.hidden <= 0 or c.vocab <= 0:
+        raise InvalidConfigurationError(
+            f"model config: hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive "
+            f"(got {c.hidden}, {c.heads}, {c.layers}, {c.vocab})"
+        )
+    layers, extras = family(config)
+    embedding = c.vocab * c.hidden + extras.get("positions", 0)
+    lm_head = 0 if c.tied else c.vocab * c.hidden
+    return shape_from_layers(config, layers, embedding, lm_head, extras["final_norm"])
