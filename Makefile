@@ -5,6 +5,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
+# Tests and the demo never reach the Hugging Face Hub: catalog ids resolve offline, others fail at once.
+export HF_HUB_OFFLINE ?= 1
 
 .PHONY: help install demo test test-unit test-cluster lint bench cluster-build cluster-up cluster-down kubeconfig kind-up
 
@@ -24,8 +26,8 @@ demo: install  ## plan Llama-3.1-70B on the default local GPU pools and print th
 		--seq-len 8192 --batch 64 --explain
 
 lint: install  ## ruff (format + lint) and mypy, all must be clean
-	$(VENV)/bin/ruff format --check operator tests
-	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
 
 test: lint  ## lint, types, then every test (unit + the real local control plane)

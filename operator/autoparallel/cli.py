@@ -97,7 +97,20 @@ def _plan(args: argparse.Namespace, console: Console) -> None:
         console.print_json(json.dumps(configs))
         return
     table = Table(title=f"{configs[0]['model']} — {configs[0]['workload']}, objective {args.objective}")
-    for column in ("#", "TP", "PP", "EP", "DP", "GPUs", "GPU", "nodes", "GiB/GPU", "util", "KV tokens", "max seqs"):
+    for column in (
+        "#",
+        "TP",
+        "PP",
+        "EP",
+        "DP",
+        "GPUs",
+        "GPU",
+        "nodes",
+        "GiB/GPU",
+        "util",
+        "KV tokens",
+        "max seqs",
+    ):
         table.add_column(column, justify="right")
     for rank, c in enumerate(configs, 1):
         table.add_row(
@@ -147,7 +160,12 @@ def _cost(args: argparse.Namespace, console: Console) -> None:
             raise AutoParallelError(f"--price: expected GPU=USD, got {item!r}") from error
     options = {**_options(args), **({"prices": prices} if prices else {})}
     result = estimate_cost(
-        args.model, _cluster(args), args.hours_per_month, sequence_length=args.seq_len, batch_size=args.batch, **options
+        args.model,
+        _cluster(args),
+        args.hours_per_month,
+        sequence_length=args.seq_len,
+        batch_size=args.batch,
+        **options,
     )
     if args.json:
         console.print_json(json.dumps(result))
@@ -160,7 +178,7 @@ def _cost(args: argparse.Namespace, console: Console) -> None:
 
 
 def _gpus(args: argparse.Namespace, console: Console) -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": g.name,
             "products": list(g.products),

@@ -86,9 +86,7 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
     if options["workload"] not in WORKLOADS:
         raise InvalidConfigurationError(f"workload: {options['workload']!r} is not one of {', '.join(WORKLOADS)}")
     if options["objective"] not in OBJECTIVES:
-        raise InvalidConfigurationError(
-            f"objective: {options['objective']!r} is not one of {', '.join(OBJECTIVES)}"
-        )
+        raise InvalidConfigurationError(f"objective: {options['objective']!r} is not one of {', '.join(OBJECTIVES)}")
     if options["quantization"] is not None and options["quantization"] not in QUANTIZATIONS:
         raise InvalidConfigurationError(
             f"quantization: {options['quantization']!r} is not one of {', '.join(QUANTIZATIONS)} or None"
@@ -352,9 +350,12 @@ def check_memory_requirements(model: ModelRef, sequence_length: int = 2048, **op
     unlimited = 1 << 50  # an imaginary GPU large enough for any model: only the fixed parts matter
     stage = estimate_inference(shape, Degrees(), replace(serving, gpu_memory_utilization=1.0), unlimited, 1).stages[0]
     fixed = stage.weights + stage.activations + stage.overhead
-    one_sequence = sum(
-        g.elements_per_token(1) * min(sequence_length, g.sliding_window or sequence_length) for g in shape.attention
-    ) * serving.kv_cache_bytes_per_element
+    one_sequence = (
+        sum(
+            g.elements_per_token(1) * min(sequence_length, g.sliding_window or sequence_length) for g in shape.attention
+        )
+        * serving.kv_cache_bytes_per_element
+    )
     minimum = fixed + one_sequence
     recommended = (fixed + batch * one_sequence) / serving.gpu_memory_utilization
     result: dict[str, Any] = {
@@ -382,9 +383,7 @@ def check_memory_requirements(model: ModelRef, sequence_length: int = 2048, **op
     return result
 
 
-def estimate_cost(
-    model: ModelRef, cluster: object, hours_per_month: float = 730, **options: Any
-) -> dict[str, Any]:
+def estimate_cost(model: ModelRef, cluster: object, hours_per_month: float = 730, **options: Any) -> dict[str, Any]:
     """Monthly cost of the cheapest configuration that serves the request on ``cluster``."""
     if isinstance(hours_per_month, bool) or not isinstance(hours_per_month, int | float) or hours_per_month <= 0:
         raise InvalidConfigurationError(f"hours_per_month: expected a positive number, got {hours_per_month!r}")

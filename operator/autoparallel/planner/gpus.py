@@ -70,7 +70,13 @@ GPU_CATALOG: tuple[GPUSpec, ...] = (
     GPUSpec("L4", ("NVIDIA-L4",), 23034, "ada-lovelace", "8.9", 0.80, False),
     GPUSpec("L40S", ("NVIDIA-L40S",), 46068, "ada-lovelace", "8.9", 1.86, False),
     GPUSpec(
-        "A100-40GB", ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB", "A100"), 40960, "ampere", "8.0", 4.10, True
+        "A100-40GB",
+        ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB", "A100"),
+        40960,
+        "ampere",
+        "8.0",
+        4.10,
+        True,
     ),
     GPUSpec("A100-80GB", ("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"), 81920, "ampere", "8.0", 5.12, True),
     GPUSpec("H100-80GB", ("NVIDIA-H100-80GB-HBM3", "H100-SXM", "H100"), 81559, "hopper", "9.0", 6.88, True),

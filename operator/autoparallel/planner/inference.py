@@ -148,9 +148,7 @@ class InferenceEstimate:
     @cached_property
     def max_concurrent_sequences(self) -> int:
         """Whole sequences of the planned length the replica's KV cache holds at once."""
-        return min(
-            max(0, s.kv_cache) // s.kv_bytes_per_sequence if s.kv_bytes_per_sequence else 0 for s in self.stages
-        )
+        return min(max(0, s.kv_cache) // s.kv_bytes_per_sequence if s.kv_bytes_per_sequence else 0 for s in self.stages)
 
 
 def pipeline_partition(num_layers: int, pipeline: int) -> list[int]:
@@ -166,6 +164,21 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+MXFP4_HIDDEN_ALIGN = 256
+MXFP4_INTERMEDIATE_ALIGN = 128
+"""vLLM's MXFP4 MoE kernels on Hopper pad the hidden size to 256 and each rank's expert width to 128
+(``Mxfp4MoEMethod``): gpt-oss-20b's 2880 → 3072 and, at TP=2, 1440 → 1536 (measured 7.01 GiB per GPU)."""
+
+
+def _expert_padding(shape: ModelShape, d: Degrees, s: ServingSettings) -> float:
+    if s.weights.name != "mxfp4" or not shape.moe_intermediate_size:
+        return 1.0
+    width = shape.moe_intermediate_size // (d.tensor if d.expert == 1 else 1)
+    return (_round_up(shape.hidden_size, MXFP4_HIDDEN_ALIGN) / shape.hidden_size) * (
+        _round_up(width, MXFP4_INTERMEDIATE_ALIGN) / width
+    )
+
+
 def _layer_bytes(layer: LayerParams, shape: ModelShape, d: Degrees, s: ServingSettings) -> float:
     linear = s.weights if not s.weights.experts_only else WeightFormat(s.dtype, DTYPE_BYTES[s.dtype] * 8)
     kv_share = max(1, shape.num_kv_heads // d.tensor) / shape.num_kv_heads if shape.num_kv_heads else 0
@@ -174,7 +187,7 @@ def _layer_bytes(layer: LayerParams, shape: ModelShape, d: Degrees, s: ServingSe
         linear.bytes_for(layer.sharded // d.tensor)
         + linear.bytes_for(int(layer.kv * kv_share))
         + linear.bytes_for(layer.replicated_linear)
-        + s.weights.bytes_for(int(layer.experts * expert_share))
+        + s.weights.bytes_for(int(layer.experts * expert_share)) * _expert_padding(shape, d, s)
         + layer.small * DTYPE_BYTES[s.dtype]
     )
 
@@ -186,6 +199,8 @@ class _LayerTables:
     weights: tuple[float, ...]
     kv_per_token: tuple[int, ...]
     kv_per_sequence: tuple[int, ...]
+    sliding: tuple[int, ...]
+    """Prefix count of sliding-window layers."""
 
     def span(self, table: tuple[float, ...] | tuple[int, ...], first: int, count: int) -> float:
         return table[first + count] - table[first]
@@ -201,11 +216,33 @@ def _layer_tables(shape: ModelShape, tp: int, ep: int, settings: ServingSettings
         weights=(0.0, *accumulate(weights)),
         kv_per_token=(0, *accumulate(per_token)),
         kv_per_sequence=(0, *accumulate(per_sequence)),
+        sliding=(0, *accumulate(int(g.sliding_window is not None) for g in shape.attention)),
     )
 
 
+def hybrid_layer_slots(full_layers: int, sliding_layers: int) -> int:
+    """Layers' worth of KV page space per token when full and sliding-window layers share one pool.
+
+    vLLM's hybrid KV-cache manager (``_get_kv_cache_groups_uniform_page_size``) cuts each attention type
+    into groups of equal size — the smaller type's layer count, or the larger's when it is < 1.25× the
+    smaller — padding the last group of a type. Capacity is then counted over groups × group size:
+    gemma-3-27b (10 full + 52 sliding) pays for 70 layers, gemma-2 (21 + 21) for 42.
+    """
+    if not full_layers or not sliding_layers:
+        return full_layers + sliding_layers
+    smallest, largest = sorted((full_layers, sliding_layers))
+    group = largest if largest < smallest * 1.25 else smallest
+    return (-(-full_layers // group) + -(-sliding_layers // group)) * group
+
+
 def _stage_weights(
-    shape: ModelShape, d: Degrees, s: ServingSettings, tables: _LayerTables, stage: int, first: int, count: int
+    shape: ModelShape,
+    d: Degrees,
+    s: ServingSettings,
+    tables: _LayerTables,
+    stage: int,
+    first: int,
+    count: int,
 ) -> int:
     dtype_bytes = DTYPE_BYTES[s.dtype]
     vocab_rows = _round_up(shape.vocab_size, VOCAB_PADDING) // d.tensor
@@ -253,6 +290,9 @@ def estimate_inference(
     first = 0
     for stage, count in enumerate(pipeline_partition(shape.num_layers, degrees.pipeline)):
         per_token = int(tables.span(tables.kv_per_token, first, count))
+        sliding = int(tables.span(tables.sliding, first, count))
+        if 0 < sliding < count:  # hybrid model: pages are counted over padded layer groups
+            per_token = per_token * hybrid_layer_slots(count - sliding, sliding) // count
         per_sequence = int(tables.span(tables.kv_per_sequence, first, count))
         weights = _stage_weights(shape, degrees, settings, tables, stage, first, count)
         activations = _stage_activations(shape, degrees, settings, last=stage == degrees.pipeline - 1)

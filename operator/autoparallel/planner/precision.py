@@ -137,6 +137,4 @@ def kv_cache_bytes(kv_cache_dtype: str, dtype: str) -> int:
         return DTYPE_BYTES[dtype]
     if kv_cache_dtype in ("fp8", "fp8_e4m3", "fp8_e5m2"):
         return 1
-    raise InvalidConfigurationError(
-        f"kv_cache_dtype: {kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}"
-    )
+    raise InvalidConfigurationError(f"kv_cache_dtype: {kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}")

@@ -73,7 +73,10 @@ def suggestions(model: str, limit: int = 3) -> list[str]:
 
     def score(candidate: str) -> tuple[int, float]:
         name = candidate.lower().split("/")[-1]
-        return (len(query_tokens & _tokens(name)), difflib.SequenceMatcher(None, query, candidate.lower()).ratio())
+        return (
+            len(query_tokens & _tokens(name)),
+            difflib.SequenceMatcher(None, query, candidate.lower()).ratio(),
+        )
 
     ranked = sorted(catalog_ids(), key=score, reverse=True)
     return [c for c in ranked if score(c) > (0, 0.4)][:limit]

@@ -152,15 +152,9 @@ def _inference_problem(estimate: InferenceEstimate, request: Request) -> str | N
     budget = to_gib(estimate.budget_bytes)
     if stage.kv_cache <= 0:
         fixed = stage.weights + stage.activations + stage.non_torch
-        return (
-            f"weights, activations and runtime need {to_gib(fixed)} GiB per GPU, more than the "
-            f"{budget} GiB budget"
-        )
+        return f"weights, activations and runtime need {to_gib(fixed)} GiB per GPU, more than the {budget} GiB budget"
     if estimate.max_concurrent_sequences < 1:
-        return (
-            f"KV cache holds {estimate.kv_cache_tokens} tokens, less than one sequence of "
-            f"{request.sequence_length}"
-        )
+        return f"KV cache holds {estimate.kv_cache_tokens} tokens, less than one sequence of {request.sequence_length}"
     if estimate.budget_bytes + stage.cuda_graphs > estimate.gpu_memory_bytes:
         return "gpu_memory_utilization leaves no room for CUDA graphs"
     return None
@@ -199,9 +193,7 @@ def _evaluate(
 ) -> InferenceEstimate | TrainingMemory | str:
     if request.workload == "inference":
         assert request.serving is not None
-        estimate = estimate_inference(
-            shape, degrees, request.serving, pool.gpu_memory_bytes, request.sequence_length
-        )
+        estimate = estimate_inference(shape, degrees, request.serving, pool.gpu_memory_bytes, request.sequence_length)
         return _inference_problem(estimate, request) or estimate
     assert request.training is not None
     memory = estimate_training(shape, degrees, request.training, request.sequence_length)

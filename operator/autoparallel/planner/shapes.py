@@ -216,7 +216,11 @@ def _decoder_family(config: Any) -> tuple[list[LayerParams], dict[str, int]]:
         else:
             mlp = LayerParams(sharded=_gated_mlp(c.hidden, c.inner, mlp_bias))
         layers.append(_combine(attention, mlp, LayerParams(small=norms)))
-    extras = {"final_norm": c.hidden, "num_experts": num_experts, "moe_inner": moe_inner if num_experts else 0}
+    extras = {
+        "final_norm": c.hidden,
+        "num_experts": num_experts,
+        "moe_inner": moe_inner if num_experts else 0,
+    }
     return layers, extras
 
 

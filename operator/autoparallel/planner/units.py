@@ -12,7 +12,7 @@ def to_gib(num_bytes: float, digits: int = 2) -> float:
 
 def from_gib(gib: float) -> int:
     """GiB → whole bytes."""
-    return int(round(gib * GIB))
+    return round(gib * GIB)
 
 
 def human_bytes(num_bytes: float) -> str:
