@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 # Tests and the demo never reach the Hugging Face Hub: catalog ids resolve offline, others fail at once.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install demo test test-unit test-cluster lint bench cluster-build cluster-up cluster-down kubeconfig kind-up
+.PHONY: help install demo crds test test-unit test-cluster lint bench cluster-build cluster-up cluster-down kubeconfig kind-up
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -21,9 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv with the package, torch and the test tools
 
-demo: install  ## plan Llama-3.1-70B on the default local GPU pools and print the plan
-	$(VENV)/bin/autoparallel plan meta-llama/Llama-3.1-70B --gpu H100-80GB --gpus-per-node 8 --nodes 2 \
-		--seq-len 8192 --batch 64 --explain
+demo: install  ## local cluster + CRD + operator, apply examples/llama70b.yaml, print `kubectl get pd` and the plan
+	hack/demo.sh
+
+crds: install  ## regenerate crds/ from the pydantic models (a test fails when they drift)
+	$(PYTHON) -m autoparallel.controller.crd > crds/paralleldeployments.autoparallel.io.yaml
 
 lint: install  ## ruff (format + lint) and mypy, all must be clean
 	$(VENV)/bin/ruff format --check operator tests bench

@@ -1,4 +1,4 @@
-"""The ``autoparallel`` command line: plan, memory, cost, gpus.
+"""The ``autoparallel`` command line: plan, memory, cost, gpus, and ``operator run``.
 
 Errors print one line to stderr and exit non-zero: 2 invalid input, 3 unknown model, 4 does not fit.
 """
@@ -16,6 +16,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from autoparallel.controller.run import add_parser as add_operator_parser
 from autoparallel.planner import (
     AutoParallelError,
     InsufficientMemoryError,
@@ -233,11 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     gpus = commands.add_parser("gpus", help="list the built-in GPU catalog")
     gpus.add_argument("--json", action="store_true")
     gpus.set_defaults(handler=_gpus)
+    add_operator_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "operator":
+        args.handler(args)
+        return 0
     console = Console(soft_wrap=bool(getattr(args, "json", False)), width=None if sys.stdout.isatty() else 160)
     handler: Callable[[argparse.Namespace, Console], None] = args.handler
     try:

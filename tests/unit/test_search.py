@@ -83,12 +83,20 @@ def test_minimize_cost_prefers_the_cheaper_pool() -> None:
     assert priced["gpu_type"] == "H100-80GB"
 
 
-def test_balanced_prefers_capacity_per_gpu() -> None:
-    best = autoparallel.best_config("meta-llama/Llama-3.1-70B", TWO_H100_NODES, objective="balanced")
-    configs = autoparallel.analyze("meta-llama/Llama-3.1-70B", TWO_H100_NODES, objective="balanced", max_configs=10)
-    per_gpu = [c["data_parallel"] * c["max_concurrent_sequences"] / c["total_gpus"] for c in configs]
-    assert per_gpu == sorted(per_gpu, reverse=True)
-    assert best == configs[0]
+def test_balanced_avoids_pipelines_then_minimises_gpus() -> None:
+    best = autoparallel.best_config(
+        "meta-llama/Llama-3.1-70B", TWO_H100_NODES, objective="balanced", sequence_length=8192, batch_size=64
+    )
+    fewest = autoparallel.best_config(
+        "meta-llama/Llama-3.1-70B", TWO_H100_NODES, objective="minimize_gpus", sequence_length=8192, batch_size=64
+    )
+    assert best["pipeline_parallel"] == 1 and best["nodes_per_replica"] == 1
+    assert fewest["pipeline_parallel"] > 1 and fewest["total_gpus"] < best["total_gpus"]
+    configs = autoparallel.analyze(
+        "meta-llama/Llama-3.1-70B", TWO_H100_NODES, objective="balanced", sequence_length=8192, batch_size=64
+    )
+    no_pipeline = [c["total_gpus"] for c in configs if c["pipeline_parallel"] == 1]
+    assert no_pipeline == sorted(no_pipeline)
 
 
 def test_pins_are_respected() -> None:

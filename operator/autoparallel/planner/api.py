@@ -91,6 +91,13 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidConfigurationError(
             f"quantization: {options['quantization']!r} is not one of {', '.join(QUANTIZATIONS)} or None"
         )
+    if options["quantization"] == "int8" and options["workload"] == "inference":
+        raise InvalidConfigurationError(
+            "quantization: vLLM has no load-time int8 quantization; serve an int8 (w8a8) checkpoint, whose "
+            "quantization_config is read automatically, or use fp8"
+        )
+    if options["quantization"] is not None and options["workload"] == "training":
+        raise InvalidConfigurationError("quantization: applies to inference; training runs in dtype")
     if options["recompute"] not in RECOMPUTE_MODES:
         raise InvalidConfigurationError(f"recompute: expected one of {', '.join(RECOMPUTE_MODES)}")
     if options["zero_stage"] not in (0, 1, 2, 3):
@@ -262,8 +269,9 @@ def _plan_dict(plan: Plan, ctx: _Context) -> dict[str, Any]:
     return result
 
 
-def _smallest_fit(ctx: _Context, pools: tuple[NodePool, ...]) -> str:
-    """The smallest cluster of the same GPU products (whole nodes, as many as needed) that would fit."""
+def _smallest_fit(ctx: _Context, pools: tuple[NodePool, ...]) -> tuple[str, int | None]:
+    """The smallest cluster of the same GPU products (whole nodes, as many as needed) that would fit:
+    a sentence and the number of GPUs (None when no number of these GPUs fits)."""
     best: Plan | None = None
     for pool in {p.gpu_name: p for p in pools}.values():
         nodes = max(64, pool.num_nodes)
@@ -273,12 +281,16 @@ def _smallest_fit(ctx: _Context, pools: tuple[NodePool, ...]) -> str:
         if plans and (best is None or plans[0].degrees.total_gpus < best.degrees.total_gpus):
             best = plans[0]
     if best is None:
-        return "it does not fit even on 64 nodes of these GPUs; use larger GPUs, quantization or a shorter sequence"
+        return (
+            "it does not fit even on 64 nodes of these GPUs; use larger GPUs, quantization or a shorter sequence",
+            None,
+        )
     d = best.degrees
-    return (
+    sentence = (
         f"the smallest cluster that fits is {d.total_gpus}× {best.pool.gpu_name} "
         f"({best.nodes} node(s) of {best.pool.gpus_per_node}: TP={d.tensor} PP={d.pipeline} DP={d.data})"
     )
+    return sentence, d.total_gpus
 
 
 def _run(ctx: _Context, cluster: object) -> tuple[tuple[NodePool, ...], SearchResult]:
@@ -287,10 +299,12 @@ def _run(ctx: _Context, cluster: object) -> tuple[tuple[NodePool, ...], SearchRe
     if not result.plans:
         free = sum(p.free_total for p in pools)
         reasons = "; ".join(dict.fromkeys(str(r) for r in result.rejections[-3:]))
+        fit, gpus_needed = _smallest_fit(ctx, pools)
         raise InsufficientMemoryError(
             f"{ctx.model.model_id} ({ctx.request.workload}, sequence_length={ctx.request.sequence_length}, "
             f"batch_size={ctx.request.batch_size}) does not fit on the cluster's {free} free GPU(s): "
-            f"{_smallest_fit(ctx, pools)}. Last rejections: {reasons}"
+            f"{fit}. Last rejections: {reasons}",
+            gpus_needed=gpus_needed,
         )
     return pools, result
 

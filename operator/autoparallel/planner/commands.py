@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autoparallel.planner.inference import DEFAULT_MAX_NUM_BATCHED_TOKENS, Degrees
+
+VLLM_QUANTIZATION = {"fp8": "fp8", "awq": "awq", "gptq": "gptq", "int4": "bitsandbytes"}
+"""vLLM's --quantization method for each load-time quantization the planner accepts (int4 is bitsandbytes'
+in-flight 4-bit; vLLM has no load-time int8, so the planner rejects it for serving)."""
 
 TORCHRUN_MASTER_PORT = 29500
 """torchrun's conventional rendezvous port (PET_MASTER_PORT in Kubeflow's Trainer)."""
@@ -23,6 +28,8 @@ class ServeOptions:
     kv_cache_dtype: str = "auto"
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
     port: int = 8000
+    revision: str | None = None
+    """Model revision (branch, tag or commit); None serves the default branch."""
 
 
 def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -> list[str]:
@@ -40,6 +47,8 @@ def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -
         "--gpu-memory-utilization",
         f"{options.gpu_memory_utilization:g}",
     ]
+    if options.revision:
+        args += ["--revision", options.revision]
     if degrees.expert > 1:
         args += ["--enable-expert-parallel"]
         if degrees.expert > degrees.tensor:
@@ -47,7 +56,7 @@ def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -
     if options.dtype:
         args += ["--dtype", options.dtype]
     if options.quantization:
-        args += ["--quantization", options.quantization]
+        args += ["--quantization", VLLM_QUANTIZATION[options.quantization]]
     if options.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", options.kv_cache_dtype]
     if options.max_num_batched_tokens != DEFAULT_MAX_NUM_BATCHED_TOKENS:
@@ -67,8 +76,8 @@ class TrainOptions:
     steps: int = 1000
 
 
-def torchrun_args(degrees: Degrees, options: TrainOptions, nodes: int, gpus_per_node: int) -> list[str]:
-    """``torchrun`` launching the training runtime with the planned degrees (environment per SPEC §3)."""
+def torchrun_launcher_args(nodes: int, gpus_per_node: int) -> list[str]:
+    """``torchrun`` and its rendezvous flags, up to the program it launches (environment per SPEC §3)."""
     return [
         "torchrun",
         f"--nnodes={nodes}",
@@ -76,6 +85,13 @@ def torchrun_args(degrees: Degrees, options: TrainOptions, nodes: int, gpus_per_
         "--node-rank=${PET_NODE_RANK}",
         "--master-addr=${PET_MASTER_ADDR}",
         f"--master-port={TORCHRUN_MASTER_PORT}",
+    ]
+
+
+def torchrun_args(degrees: Degrees, options: TrainOptions, nodes: int, gpus_per_node: int) -> list[str]:
+    """``torchrun`` launching the training runtime with the planned degrees (environment per SPEC §3)."""
+    return [
+        *torchrun_launcher_args(nodes, gpus_per_node),
         "-m",
         "autoparallel.parallel.train",
         "--tensor-parallel",
@@ -95,6 +111,12 @@ def torchrun_args(degrees: Degrees, options: TrainOptions, nodes: int, gpus_per_
         "--steps",
         str(options.steps),
     ]
+
+
+def torchrun_program_args(program: Sequence[str], nodes: int, gpus_per_node: int) -> list[str]:
+    """``torchrun`` launching a user's argv as is: ``--no-python`` because the argv names its own interpreter
+    (``python train.py``), as it replaces ``python -m autoparallel.parallel.train``."""
+    return [*torchrun_launcher_args(nodes, gpus_per_node), "--no-python", *program]
 
 
 def join(args: list[str]) -> str:

@@ -12,6 +12,11 @@ class ModelNotFoundError(AutoParallelError):
 class InsufficientMemoryError(AutoParallelError):
     """No parallel configuration of the model fits on the given hardware."""
 
+    def __init__(self, message: str, gpus_needed: int | None = None) -> None:
+        super().__init__(message)
+        self.gpus_needed = gpus_needed
+        """GPUs of the same products that would fit (None: no number of them would)."""
+
 
 class InvalidConfigurationError(AutoParallelError):
     """The cluster description, the model config or an option is malformed or contradictory."""

@@ -95,7 +95,7 @@ def _label(tp: int, pp: int, ep: int = 1) -> str:
     return f"TP={tp} PP={pp}" + (f" EP={ep}" if ep > 1 else "")
 
 
-def _placement(pool: NodePool, replica_gpus: int) -> tuple[int, int]:
+def placement(pool: NodePool, replica_gpus: int) -> tuple[int, int]:
     """(replicas the pool can hold, nodes one replica spans); multi-node replicas take whole free nodes."""
     if replica_gpus <= pool.gpus_per_node:
         return sum(free // replica_gpus for free in pool.free_gpus), 1
@@ -242,7 +242,7 @@ def _search_pool(shape: ModelShape, pool: NodePool, request: Request) -> tuple[l
                 label = _label(tp, pp, ep)
                 problem = expert_parallel_problem(shape, ep)
                 degrees = Degrees(tp, pp, ep, 1)
-                capacity, span = _placement(pool, degrees.gpus_per_replica)
+                capacity, span = placement(pool, degrees.gpus_per_replica)
                 if problem is None and capacity == 0:
                     problem = f"a replica needs {degrees.gpus_per_replica} GPUs; no free node(s) can hold one"
                 if problem:
@@ -291,8 +291,8 @@ def rank_key(plan: Plan, objective: str) -> tuple[float | int | str, ...]:
     if objective == "maximize_batch":
         return (-total_sequences, -d.data, d.total_gpus, *tail)
     if objective == "balanced":
-        per_gpu = total_sequences / d.total_gpus if total_sequences else -d.pipeline
-        return (-per_gpu, d.total_gpus, *tail)
+        # Latency-friendly first (no pipeline bubbles, no replica across nodes), then the fewest GPUs.
+        return (plan.nodes_per_replica, d.pipeline, d.total_gpus, *tail)
     if objective == "minimize_cost":
         return (round(plan.cost_per_hour, 6), d.total_gpus, *tail)
     return (d.total_gpus, round(plan.cost_per_hour, 6), *tail)

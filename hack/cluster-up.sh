@@ -1,0 +1,397 @@
+#!/usr/bin/env bash
+# Starts the local Kubernetes control plane (see docs/local-cluster.md): etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and the kwok controller on 127.0.0.1, plus the simulated GPU
+# nodes of hack/nodepools.yaml. The binaries come from hack/build-control-plane.sh (built once, cached).
+#
+# Usage: hack/cluster-up.sh                         start (or reuse a healthy) cluster
+#        hack/cluster-up.sh --print-kubeconfig-path  print the kubeconfig path only (for `make -s kubeconfig`)
+#
+# Everything runtime (pid files, logs, certificates, etcd data, kubeconfigs) lives in the state dir,
+# $AUTOPARALLEL_CLUSTER_DIR (default ~/.cache/autoparallel/cluster); hack/cluster-down.sh removes it.
+# Ports (all on 127.0.0.1) can be moved with AUTOPARALLEL_{APISERVER,ETCD,ETCD_PEER,KCM,SCHEDULER,KWOK}_PORT.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE_DIR="${AUTOPARALLEL_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME}/.cache}/autoparallel}"
+STATE_DIR="${AUTOPARALLEL_CLUSTER_DIR:-${CACHE_DIR}/cluster}"
+KUBECONFIG_PATH="${STATE_DIR}/kubeconfig"
+NODEPOOLS="${AUTOPARALLEL_NODEPOOLS:-${REPO_ROOT}/hack/nodepools.yaml}"
+HELPER="${REPO_ROOT}/hack/cluster/helper.py"
+
+APISERVER_PORT="${AUTOPARALLEL_APISERVER_PORT:-16443}"
+ETCD_PORT="${AUTOPARALLEL_ETCD_PORT:-12379}"
+ETCD_PEER_PORT="${AUTOPARALLEL_ETCD_PEER_PORT:-12380}"
+KCM_PORT="${AUTOPARALLEL_KCM_PORT:-10357}"
+SCHEDULER_PORT="${AUTOPARALLEL_SCHEDULER_PORT:-10359}"
+KWOK_PORT="${AUTOPARALLEL_KWOK_PORT:-10347}"
+SERVICE_CIDR=10.96.0.0/16
+SERVICE_IP=10.96.0.1 # first address of SERVICE_CIDR: the `kubernetes` Service; in the serving cert
+POD_CIDR=10.244.0.1/16 # kwok hands out pod IPs from here
+
+# Start order; cluster-down.sh stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+STARTUP_TIMEOUT="${AUTOPARALLEL_STARTUP_TIMEOUT:-120}"
+
+# shellcheck source=hack/cluster/lib.sh
+source "${REPO_ROOT}/hack/cluster/lib.sh"
+
+log() { printf '[cluster-up] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+kubectl_() { "${BIN_DIR}/kubectl" --kubeconfig="${KUBECONFIG_PATH}" "$@"; }
+
+# ---------------------------------------------------------------------------------------------------
+# Waiting
+
+# Polls a command until it succeeds; fails with what was awaited, the last output, and the tail of
+# every component's log when the deadline passes or a component process died.
+wait_for() { # <timeout s> <description> <command...>
+  local timeout="$1" description="$2" deadline output comp
+  shift 2
+  deadline=$(awk -v n="${EPOCHREALTIME}" -v t="${timeout}" 'BEGIN { printf "%d", n + t }')
+  while true; do
+    if output="$("$@" 2>&1)"; then
+      return 0
+    fi
+    for comp in "${STARTED[@]}"; do
+      component_alive "${comp}" || fail_startup "${comp} exited while waiting for ${description}" "${output}"
+    done
+    if (($(printf '%(%s)T' -1) >= deadline)); then
+      fail_startup "timed out after ${timeout} s waiting for ${description}" "${output}"
+    fi
+    sleep 0.2
+  done
+}
+
+fail_startup() { # <message> <last output>
+  local comp
+  log "ERROR: $1"
+  log "last output: ${2:-<none>}"
+  for comp in "${COMPONENTS[@]}"; do
+    if [[ -f "$(log_file "${comp}")" ]]; then
+      log "---- last lines of $(log_file "${comp}")"
+      tail -n 15 "$(log_file "${comp}")" >&2 || true
+    fi
+  done
+  log "state and logs kept in ${STATE_DIR}; run hack/cluster-down.sh (make cluster-down) to clean up"
+  exit 1
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Certificates, tokens, kubeconfigs
+
+random_token() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# openssl when present: a CA, the API server's serving certificate signed by it, and the
+# service-account signing key. Without openssl the API server self-signs its serving certificate
+# (--cert-dir) and Python writes the service-account key.
+generate_pki() {
+  local pki="${STATE_DIR}/pki"
+  mkdir -p "${pki}"
+  chmod 700 "${pki}"
+  if command -v openssl >/dev/null 2>&1 && [[ "${AUTOPARALLEL_PKI:-openssl}" == openssl ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=autoparallel-local-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "${pki}/ca.key" -out "${pki}/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+      -keyout "${pki}/apiserver.key" -out "${pki}/apiserver.csr" 2>/dev/null
+    openssl x509 -req -in "${pki}/apiserver.csr" -CA "${pki}/ca.crt" -CAkey "${pki}/ca.key" \
+      -CAcreateserial -days 3650 -out "${pki}/apiserver.crt" -extfile <(
+        printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n'
+        printf 'extendedKeyUsage=serverAuth\n'
+        printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost,DNS:kubernetes,' "${SERVICE_IP}"
+        printf 'DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n'
+      ) 2>/dev/null
+    openssl genrsa -out "${pki}/sa.key" 2048 2>/dev/null
+    CA_FILE="${pki}/ca.crt"
+    APISERVER_TLS_FLAGS=(--tls-cert-file="${pki}/apiserver.crt" --tls-private-key-file="${pki}/apiserver.key")
+    KCM_SIGNING_FLAGS=(--cluster-signing-cert-file="${pki}/ca.crt" --cluster-signing-key-file="${pki}/ca.key")
+  else
+    log "no openssl: the API server self-signs its certificate; Python writes the service-account key"
+    "${PYTHON}" "${HELPER}" rsa-key "${pki}/sa.key"
+    # The API server writes apiserver.crt (its certificate and the CA that signed it) at startup.
+    CA_FILE="${pki}/serving/apiserver.crt"
+    APISERVER_TLS_FLAGS=(--cert-dir="${pki}/serving")
+    KCM_SIGNING_FLAGS=()
+  fi
+  printf '%s\n' "${CA_FILE}" >"${pki}/ca-file"
+}
+
+# Static bearer tokens (--token-auth-file) for the admin and each component: the controller-manager
+# and scheduler get their usual identities, which the bootstrap RBAC policy already authorises.
+write_tokens_and_kubeconfigs() {
+  local pki="${STATE_DIR}/pki" admin kcm scheduler kwok
+  admin="$(random_token)" kcm="$(random_token)" scheduler="$(random_token)" kwok="$(random_token)"
+  {
+    printf '%s,kubernetes-admin,kubernetes-admin,"system:masters"\n' "${admin}"
+    printf '%s,system:kube-controller-manager,system:kube-controller-manager\n' "${kcm}"
+    printf '%s,system:kube-scheduler,system:kube-scheduler\n' "${scheduler}"
+    # kwok updates nodes, leases and pod status like a kubelet of many nodes would.
+    printf '%s,kwok-controller,kwok-controller,"system:masters"\n' "${kwok}"
+  } >"${pki}/tokens.csv"
+  chmod 600 "${pki}/tokens.csv"
+  write_kubeconfig "${KUBECONFIG_PATH}" kubernetes-admin "${admin}"
+  write_kubeconfig "${STATE_DIR}/kube-controller-manager.kubeconfig" system:kube-controller-manager "${kcm}"
+  write_kubeconfig "${STATE_DIR}/kube-scheduler.kubeconfig" system:kube-scheduler "${scheduler}"
+  write_kubeconfig "${STATE_DIR}/kwok.kubeconfig" kwok-controller "${kwok}"
+}
+
+write_kubeconfig() { # <path> <user> <token>
+  (
+    umask 077
+    cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: autoparallel-local
+  cluster:
+    server: https://127.0.0.1:${APISERVER_PORT}
+    certificate-authority: ${CA_FILE}
+users:
+- name: $2
+  user:
+    token: $3
+contexts:
+- name: autoparallel-local
+  context:
+    cluster: autoparallel-local
+    user: $2
+current-context: autoparallel-local
+EOF
+  )
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Processes
+
+STARTED=()
+
+# Starts a component in its own session (setsid) so it outlives `make`, with stdio on a log file
+# (and fd 8, the cluster lock, closed so the daemon does not hold it).
+start_component() { # <component> <args...>
+  local comp="$1" bin
+  shift
+  bin="$(readlink -f "${BIN_DIR}/${comp}")"
+  setsid nohup "${bin}" "$@" >"$(log_file "${comp}")" 2>&1 </dev/null 8>&- &
+  echo "$!" >"$(pid_file "${comp}")"
+  STARTED+=("${comp}")
+}
+
+start_etcd() {
+  # --unsafe-no-fsync: a throwaway test cluster does not need durable writes, and fsync is slow.
+  start_component etcd \
+    --name=autoparallel-local \
+    --data-dir="${STATE_DIR}/etcd-data" \
+    --listen-client-urls="http://127.0.0.1:${ETCD_PORT}" \
+    --advertise-client-urls="http://127.0.0.1:${ETCD_PORT}" \
+    --listen-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+    --initial-advertise-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+    --initial-cluster="autoparallel-local=http://127.0.0.1:${ETCD_PEER_PORT}" \
+    --unsafe-no-fsync \
+    --log-level=warn
+}
+
+start_apiserver() {
+  local pki="${STATE_DIR}/pki"
+  # --endpoint-reconciler-type=none: no need to publish the loopback address in the `kubernetes`
+  # Service. The default admission plugins stay on (ServiceAccount among them: it needs the
+  # controller-manager's `default` ServiceAccounts, as in a real cluster).
+  start_component kube-apiserver \
+    --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --secure-port="${APISERVER_PORT}" \
+    "${APISERVER_TLS_FLAGS[@]}" \
+    --token-auth-file="${pki}/tokens.csv" \
+    --authorization-mode=RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="${pki}/sa.key" \
+    --service-account-signing-key-file="${pki}/sa.key" \
+    --service-cluster-ip-range="${SERVICE_CIDR}" \
+    --endpoint-reconciler-type=none \
+    --allow-privileged=true \
+    --profiling=false
+}
+
+start_controller_manager() {
+  local kc="${STATE_DIR}/kube-controller-manager.kubeconfig"
+  # --use-service-account-credentials: every controller acts as its own ServiceAccount (as kubeadm
+  # sets it up), so RBAC is exercised like in a real cluster.
+  start_component kube-controller-manager \
+    --kubeconfig="${kc}" \
+    --authentication-kubeconfig="${kc}" \
+    --authorization-kubeconfig="${kc}" \
+    --bind-address=127.0.0.1 \
+    --secure-port="${KCM_PORT}" \
+    --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="${STATE_DIR}/pki/sa.key" \
+    --root-ca-file="${CA_FILE}" \
+    "${KCM_SIGNING_FLAGS[@]}" \
+    --profiling=false
+}
+
+start_scheduler() {
+  local kc="${STATE_DIR}/kube-scheduler.kubeconfig"
+  start_component kube-scheduler \
+    --kubeconfig="${kc}" \
+    --authentication-kubeconfig="${kc}" \
+    --authorization-kubeconfig="${kc}" \
+    --bind-address=127.0.0.1 \
+    --secure-port="${SCHEDULER_PORT}" \
+    --leader-elect=false \
+    --profiling=false
+}
+
+start_kwok() {
+  # Only nodes annotated kwok.x-k8s.io/node=fake are kwok's; node leases are renewed by kwok itself
+  # (--node-lease-duration-seconds) so the node lifecycle controller keeps them Ready.
+  start_component kwok \
+    --kubeconfig="${STATE_DIR}/kwok.kubeconfig" \
+    --config="${BIN_DIR}/kwok-stages.yaml" \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds=40 \
+    --cidr="${POD_CIDR}" \
+    --server-address="127.0.0.1:${KWOK_PORT}"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Simulated GPU nodes
+
+# Creates/updates one Node per entry of the node pools file and deletes simulated nodes no longer in
+# it. Labels, annotations and taints go through `kubectl apply`; capacity/allocatable live in the
+# status subresource, which apply ignores on existing nodes, so they are patched there too.
+register_nodes() {
+  local rendered="${STATE_DIR}/nodes.json" name patch
+  [[ -f "${NODEPOOLS}" ]] || die "node pools file ${NODEPOOLS} not found"
+  "${PYTHON}" "${HELPER}" render-nodes "${NODEPOOLS}" --kubelet-version="$(kube_version)" >"${rendered}"
+  kubectl_ apply --server-side --force-conflicts --field-manager=autoparallel-cluster-up \
+    -f "${rendered}" >/dev/null
+  while read -r name patch; do
+    kubectl_ patch node "${name}" --subresource=status --type=merge -p "${patch}" >/dev/null
+  done < <("${PYTHON}" "${HELPER}" status-patches "${rendered}")
+
+  WANTED_NODES="$("${PYTHON}" "${HELPER}" node-names "${NODEPOOLS}")"
+  for name in $(kubectl_ get nodes -l autoparallel.io/simulated-node=true -o name); do
+    if ! grep -qx "${name#node/}" <<<"${WANTED_NODES}"; then
+      log "removing ${name} (no longer in ${NODEPOOLS})"
+      kubectl_ delete "${name}" --wait=false >/dev/null
+    fi
+  done
+}
+
+kube_version() { awk -F= '$1 == "kubernetes" { print $2 }' "${BIN_DIR}/versions"; }
+
+# ---------------------------------------------------------------------------------------------------
+# Health
+
+# A cluster is reusable when every component recorded in the state dir is alive and the API server
+# answers /readyz.
+cluster_healthy() {
+  local comp
+  [[ -f "${STATE_DIR}/.autoparallel-cluster" && -f "${KUBECONFIG_PATH}" ]] || return 1
+  for comp in "${COMPONENTS[@]}"; do
+    component_alive "${comp}" || return 1
+  done
+  kubectl_ get --raw /readyz --request-timeout=5s >/dev/null 2>&1
+}
+
+default_service_account_exists() { kubectl_ get serviceaccount default -n default -o name; }
+
+# Every node of the pools file exists and has condition Ready=True (kwok's node-initialize stage).
+nodes_ready() {
+  local statuses name missing=()
+  statuses="$(kubectl_ get nodes -l autoparallel.io/simulated-node=true \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}')"
+  for name in ${WANTED_NODES}; do
+    grep -qx "${name} True" <<<"${statuses}" || missing+=("${name}")
+  done
+  if ((${#missing[@]})); then
+    echo "not Ready yet: ${missing[*]}"
+    return 1
+  fi
+}
+
+# kube-scheduler and kube-controller-manager serve /healthz on their secure ports.
+component_healthz() { # <port>
+  "${PYTHON}" - "$1" <<'EOF'
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE  # self-signed serving certificate of a loopback component
+with urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/healthz", context=ctx, timeout=3) as r:
+    sys.exit(0 if r.read().strip() == b"ok" else 1)
+EOF
+}
+
+report() { # <start EPOCHREALTIME> <what>
+  local comp pids=()
+  for comp in "${COMPONENTS[@]}"; do
+    pids+=("${comp}=$(cat "$(pid_file "${comp}")")")
+  done
+  log "$2 in $(awk -v s="$1" -v e="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", e - s }') s"
+  log "control-plane RSS: $("${PYTHON}" "${HELPER}" rss "${pids[@]}")"
+  log "kubeconfig: ${KUBECONFIG_PATH}"
+  log "  export KUBECONFIG=${KUBECONFIG_PATH}   # kubectl: ${BIN_DIR}/kubectl"
+  log "logs: ${STATE_DIR}/logs/   stop: make cluster-down"
+}
+
+# ---------------------------------------------------------------------------------------------------
+
+find_python() {
+  if [[ -n "${PYTHON:-}" ]]; then
+    echo "${PYTHON}"
+  elif [[ -x "${REPO_ROOT}/.venv/bin/python" ]]; then
+    echo "${REPO_ROOT}/.venv/bin/python" # has PyYAML
+  else
+    command -v python3 || die "python3 is required"
+  fi
+}
+
+main() {
+  if [[ "${1:-}" == --print-kubeconfig-path ]]; then
+    echo "${KUBECONFIG_PATH}"
+    return 0
+  fi
+  [[ $# -eq 0 ]] || die "usage: $0 [--print-kubeconfig-path]"
+
+  PYTHON="$(find_python)"
+  BIN_DIR="$("${REPO_ROOT}/hack/build-control-plane.sh" --print-bin-dir)"
+  local start=${EPOCHREALTIME}
+
+  # One cluster-up at a time (make and a pytest session may race).
+  mkdir -p "$(dirname "${STATE_DIR}")"
+  exec 8>"${STATE_DIR}.lock"
+  if command -v flock >/dev/null 2>&1; then flock 8; fi
+
+  if cluster_healthy; then
+    register_nodes # picks up edits of the node pools file
+    wait_for 60 "the simulated GPU nodes to be Ready" nodes_ready
+    report "${start}" "cluster already running and healthy (reused); ready"
+    return 0
+  fi
+  if [[ -e "${STATE_DIR}" ]]; then
+    log "found a stopped or unhealthy cluster in ${STATE_DIR}: removing it and starting afresh"
+    "${REPO_ROOT}/hack/cluster-down.sh"
+  fi
+
+  mkdir -p "${STATE_DIR}/logs" "${STATE_DIR}/pids"
+  touch "${STATE_DIR}/.autoparallel-cluster" # marks the dir as ours for cluster-down's rm -rf
+  generate_pki
+  write_tokens_and_kubeconfigs
+
+  start_etcd
+  start_apiserver
+  wait_for "${STARTUP_TIMEOUT}" "kube-apiserver /readyz" kubectl_ get --raw /readyz --request-timeout=5s
+  start_controller_manager
+  start_scheduler
+  start_kwok
+  register_nodes
+  wait_for "${STARTUP_TIMEOUT}" "the default ServiceAccount in namespace default" default_service_account_exists
+  wait_for "${STARTUP_TIMEOUT}" "the simulated GPU nodes to be Ready" nodes_ready
+  wait_for "${STARTUP_TIMEOUT}" "kube-scheduler /healthz" component_healthz "${SCHEDULER_PORT}"
+  wait_for "${STARTUP_TIMEOUT}" "kube-controller-manager /healthz" component_healthz "${KCM_PORT}"
+  report "${start}" "cluster ready"
+}
+
+main "$@"

@@ -1,0 +1,34 @@
+"""Operator settings, from ``AUTOPARALLEL_*`` environment variables (``autoparallel operator run`` sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    metrics_port: int = 8080
+    """Port of the Prometheus ``/metrics`` endpoint (0 disables it)."""
+    resync_seconds: float = 5.0
+    """How often each ParallelDeployment's readiness is refreshed and its plan checked against the inventory."""
+    watch_server_timeout: int = 300
+    """Seconds the API server keeps a watch open before it restarts (kopf's server_timeout)."""
+    watch_client_timeout: int = 330
+    """Seconds the client waits on a silent watch before it reconnects."""
+    log_format: str = "plain"
+    """``plain`` or ``json``."""
+    liveness_port: int = 8081
+    """Port of kopf's liveness probe ``/healthz`` (0 disables it)."""
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        values = {}
+        for field in fields(cls):
+            raw = os.environ.get(f"AUTOPARALLEL_{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = type(getattr(cls(), field.name))(raw)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        return {f"AUTOPARALLEL_{field.name.upper()}": str(getattr(self, field.name)) for field in fields(self)}

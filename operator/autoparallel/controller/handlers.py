@@ -1,0 +1,122 @@
+"""kopf handlers: each a few lines that forward to :mod:`reconcile`. Importing this module registers them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from autoparallel.controller import k8s, metrics
+from autoparallel.controller.config import OperatorConfig
+from autoparallel.controller.inventory import LABEL_OWNER_UID, NodeGPUs, PodGPUs, node_gpus, pod_gpus
+from autoparallel.controller.models import GROUP, PLURAL, VERSION
+from autoparallel.controller.reconcile import PendingPod, Snapshot, pending_pod, reconcile, resync_loop
+from autoparallel.controller.status import ChildReadiness, child_readiness
+
+RESOURCE = (GROUP, VERSION, PLURAL)
+MANAGED = {"app.kubernetes.io/managed-by": "autoparallel"}
+CONFIG = OperatorConfig.from_env()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = CONFIG.watch_server_timeout
+    settings.watching.client_timeout = CONFIG.watch_client_timeout
+    settings.posting.level = logging.INFO
+    k8s.configure_client()
+    if CONFIG.metrics_port:
+        metrics.serve(CONFIG.metrics_port)
+    # Periodic resync runs as the operator's own task, not as a kopf timer: kopf guards timers with a
+    # finalizer, which would leave resources stuck Terminating while the operator is down.
+    memo.resync = asyncio.create_task(resync_loop(lambda: _snapshots(kwargs), CONFIG.resync_seconds))
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync.cancel()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else the kubeconfig named by KUBECONFIG at the time of login."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.index("", "v1", "nodes")
+def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, NodeGPUs]:
+    node = node_gpus(body)
+    return {node.name: node} if node else {}
+
+
+@kopf.index("", "v1", "pods")
+def gpu_pods(body: kopf.Body, **_: Any) -> dict[str, PodGPUs]:
+    return {pod.node: pod for pod in pod_gpus(body)}
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_OWNER_UID: kopf.PRESENT})
+def own_pending_pods(body: kopf.Body, **_: Any) -> dict[str, PendingPod]:
+    pod = pending_pod(body)
+    return {pod.owner_uid: pod} if pod else {}
+
+
+def _child(body: kopf.Body, **_: Any) -> dict[str, ChildReadiness]:
+    readiness = child_readiness(body)
+    owner = (body.get("metadata", {}).get("labels") or {}).get(LABEL_OWNER_UID)
+    return {owner: readiness} if readiness and owner else {}
+
+
+child_deployments = kopf.index("apps", "v1", "deployments", labels=MANAGED, id="child_deployments")(_child)
+child_statefulsets = kopf.index("apps", "v1", "statefulsets", labels=MANAGED, id="child_statefulsets")(_child)
+child_jobs = kopf.index("batch", "v1", "jobs", labels=MANAGED, id="child_jobs")(_child)
+
+
+@kopf.index(*RESOURCE)
+def parallel_deployments(body: kopf.Body, **_: Any) -> dict[str, kopf.Body]:
+    return {body["metadata"]["uid"]: body}
+
+
+def _snapshot(kwargs: Mapping[str, Any], uid: str) -> Snapshot:
+    children: list[ChildReadiness] = []
+    for index in ("child_deployments", "child_statefulsets", "child_jobs"):
+        children.extend(kwargs[index].get(uid, []))
+    return Snapshot(
+        nodes=[node for values in kwargs["gpu_nodes"].values() for node in values],
+        pods=[pod for values in kwargs["gpu_pods"].values() for pod in values],
+        children=children,
+        pending=list(kwargs["own_pending_pods"].get(uid, [])),
+    )
+
+
+def _snapshots(indices: Mapping[str, Any]) -> list[tuple[kopf.Body, Snapshot]]:
+    """Every ParallelDeployment with what the indexes know about it (for the resync loop)."""
+    return [
+        (body, _snapshot(indices, uid)) for uid, bodies in indices["parallel_deployments"].items() for body in bodies
+    ]
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+async def on_change(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **kwargs: Any) -> None:
+    await reconcile(body, patch, _snapshot(kwargs, body["metadata"]["uid"]), logger)
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+def on_delete(namespace: str | None, name: str, **_: Any) -> None:
+    metrics.forget(namespace or "", name)
+
+
+@kopf.on.event("", "v1", "nodes")
+def on_node(**kwargs: Any) -> None:
+    metrics.record_inventory_from(
+        [node for values in kwargs["gpu_nodes"].values() for node in values],
+        [pod for values in kwargs["gpu_pods"].values() for pod in values],
+    )

@@ -1,0 +1,362 @@
+"""The ``ParallelDeployment`` API (``autoparallel.io/v1alpha1``) as pydantic models.
+
+These models are the single source of the CRD: ``make crds`` generates ``crds/`` from them (field
+descriptions become ``kubectl explain`` text, ``x-kubernetes-validations`` become CEL rules). Field names are
+the contract users and examples depend on.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "autoparallel.io"
+VERSION = "v1alpha1"
+KIND = "ParallelDeployment"
+PLURAL = "paralleldeployments"
+SHORT_NAMES = ("pd", "pdeploy")
+
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.19.0"
+DEFAULT_TRAINING_IMAGE = "ghcr.io/autoparallel/autoparallel:0.1.0"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class WorkloadType(StrEnum):
+    INFERENCE = "inference"
+    TRAINING = "training"
+
+
+class Objective(StrEnum):
+    MINIMIZE_GPUS = "minimize_gpus"
+    MAXIMIZE_BATCH = "maximize_batch"
+    BALANCED = "balanced"
+    MINIMIZE_COST = "minimize_cost"
+
+
+class DType(StrEnum):
+    AUTO = "auto"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class Quantization(StrEnum):
+    FP8 = "fp8"
+    INT8 = "int8"
+    INT4 = "int4"
+    AWQ = "awq"
+    GPTQ = "gptq"
+
+
+class KVCacheDType(StrEnum):
+    AUTO = "auto"
+    FP8 = "fp8"
+
+
+class ModelSpec(_Model):
+    """Which model to run."""
+
+    name: str = Field(min_length=1, max_length=256)
+    """Hugging Face model id (e.g. meta-llama/Llama-3.1-70B). It is passed to vLLM/torchrun as is and
+    resolved by the planner from its bundled catalog, or from `config` when given."""
+    revision: str | None = Field(default=None, max_length=128)
+    """Model revision (branch, tag or commit) passed to vLLM as --revision."""
+    config: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Inline Hugging Face config.json for models outside the planner's catalog (no Hub access needed)."""
+    dtype: DType = DType.AUTO
+    """Weights and activations dtype; auto keeps the checkpoint's (float32 checkpoints run in bfloat16)."""
+    quantization: Quantization | None = None
+    """Quantize weights at load time; unset reads the checkpoint's quantization_config."""
+
+
+class WorkloadSpec(_Model):
+    """What the model is used for and how large the work is."""
+
+    type: WorkloadType = WorkloadType.INFERENCE
+    """inference serves the model with vLLM; training runs torchrun with autoparallel's training runtime."""
+    sequence_length: int = Field(default=4096, ge=1, le=1_048_576, alias="sequenceLength")
+    """Maximum tokens per sequence (vLLM --max-model-len; the training sequence length)."""
+    batch_size: int = Field(default=32, ge=1, le=1_000_000, alias="batchSize")
+    """Inference: concurrent sequences to serve at sequenceLength. Training: global batch in sequences."""
+
+
+class ParallelismSpec(_Model):
+    """Optional pins; an unset degree is chosen by the planner."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.maxGPUs) || !has(self.tensor) || !has(self.pipeline) "
+                    "|| self.maxGPUs >= self.tensor * self.pipeline",
+                    "message": "maxGPUs must be at least tensor × pipeline",
+                }
+            ]
+        }
+    )
+
+    tensor: int | None = Field(default=None, ge=1, le=1024)
+    """Tensor-parallel degree (GPUs that split every layer)."""
+    pipeline: int | None = Field(default=None, ge=1, le=1024)
+    """Pipeline-parallel degree (stages of consecutive layers)."""
+    data: int | None = Field(default=None, ge=1, le=100_000)
+    """Data-parallel degree (replicas)."""
+    expert: int | None = Field(default=None, ge=1, le=1024)
+    """Expert-parallel degree for mixture-of-experts models."""
+    max_gpus: int | None = Field(default=None, ge=1, le=1_000_000, alias="maxGPUs")
+    """Upper bound on the GPUs of the whole plan."""
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration added to every pod."""
+
+    key: str | None = None
+    """Taint key the toleration matches; empty with operator Exists matches every taint."""
+    operator: str | None = Field(default=None, json_schema_extra={"enum": ["Exists", "Equal"]})
+    """Exists matches any value; Equal (the default) matches value."""
+    value: str | None = None
+    """Taint value to match when operator is Equal."""
+    effect: str | None = Field(
+        default=None, json_schema_extra={"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]}
+    )
+    """Taint effect to match; empty matches every effect."""
+    toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds")
+    """How long a NoExecute taint is tolerated before the pod is evicted; unset tolerates it forever."""
+
+
+class PlacementSpec(_Model):
+    """Where the pods may run."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    """Only nodes with these labels are planned on (and the pods select them)."""
+    gpu_resource: str = Field(default="nvidia.com/gpu", alias="gpuResource", min_length=1)
+    """The extended resource that counts GPUs (amd.com/gpu for AMD)."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations added to every pod (GPU nodes are often tainted)."""
+
+
+class EnvVar(_Model):
+    """An environment variable with a literal value."""
+
+    name: str = Field(min_length=1)
+    """Variable name."""
+    value: str = ""
+    """Literal value."""
+
+
+class ServingSpec(_Model):
+    """How vLLM serves the model (inference only)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.gpuMemoryUtilization) || (double(self.gpuMemoryUtilization) > 0.0 "
+                    "&& double(self.gpuMemoryUtilization) <= 1.0)",
+                    "message": 'gpuMemoryUtilization must be a decimal in (0, 1], e.g. "0.90"',
+                }
+            ]
+        }
+    )
+
+    image: str = DEFAULT_VLLM_IMAGE
+    """vLLM OpenAI-server image."""
+    args: list[str] = Field(default_factory=list)
+    """Extra `vllm serve` arguments, appended after the planned ones."""
+    env: list[EnvVar] = Field(default_factory=list)
+    """Extra environment variables (e.g. HF_TOKEN from a literal; use a Secret in production)."""
+    gpu_memory_utilization: str = Field(
+        default="0.90", alias="gpuMemoryUtilization", pattern=r"^(0?\.[0-9]+|1(\.0+)?)$"
+    )
+    """Fraction of each GPU's memory vLLM may use, as a decimal string (Kubernetes specs avoid floats)."""
+    kv_cache_dtype: KVCacheDType = Field(default=KVCacheDType.AUTO, alias="kvCacheDtype")
+    """KV-cache element type; fp8 halves the KV cache per token."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port of the OpenAI-compatible server."""
+
+
+class TrainingSpec(_Model):
+    """How training pods run (training only)."""
+
+    image: str = DEFAULT_TRAINING_IMAGE
+    """Image with torch and autoparallel's training runtime."""
+    command: list[str] = Field(default_factory=list)
+    """Replaces `python -m autoparallel.parallel.train` when set (torchrun still launches it)."""
+    args: list[str] = Field(default_factory=list)
+    """Extra arguments appended to the training command."""
+    env: list[EnvVar] = Field(default_factory=list)
+    """Extra environment variables."""
+    steps: int = Field(default=1000, ge=1)
+    """Optimizer steps to run."""
+
+
+class ParallelDeploymentSpec(_Model):
+    """A model to split across GPUs and run: the operator plans the degrees and creates the pods."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.workload) || self.workload.type != 'training' || !has(self.serving)",
+                    "message": "serving applies to inference; use training for workload.type training",
+                },
+                {
+                    "rule": "!has(self.training) || (has(self.workload) && self.workload.type == 'training')",
+                    "message": "training applies to workload.type training",
+                },
+                {
+                    "rule": "!has(self.parallelism) || !has(self.parallelism.expert) || "
+                    "!has(self.workload) || self.workload.type == 'inference'",
+                    "message": "parallelism.expert applies to inference",
+                },
+            ]
+        }
+    )
+
+    model: ModelSpec
+    """The model to run."""
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    """Inference or training, sequence length and batch size."""
+    objective: Objective = Objective.MINIMIZE_GPUS
+    """What the planner optimises: fewest GPUs, largest batch, most capacity per GPU (balanced) or lowest cost."""
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
+    """Optional pins of the parallel degrees."""
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    """Node selection and GPU resource name."""
+    serving: ServingSpec | None = None
+    """vLLM settings (inference)."""
+    training: TrainingSpec | None = None
+    """Training settings (training)."""
+    plan_only: bool = Field(default=False, alias="planOnly")
+    """Plan and report in status without creating any pod (previews, GitOps dry runs)."""
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_Model):
+    """A condition in the Kubernetes convention."""
+
+    type: str
+    """Planned, Ready or Degraded."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: str
+    """One CamelCase word, e.g. Planned, ModelNotFound, InsufficientMemory, InsufficientGPUs, Unschedulable."""
+    message: str = ""
+    """Human explanation, including what to change."""
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    """The metadata.generation the condition was computed from."""
+    last_transition_time: str = Field(alias="lastTransitionTime")
+    """When status last changed (RFC 3339)."""
+
+
+class MemoryPerGPU(_Model):
+    """Planned memory of the most-loaded GPU, in bytes."""
+
+    weights: int
+    """This GPU's share of the model weights."""
+    kv_cache: int = Field(alias="kvCache")
+    """KV cache (inference; 0 for training)."""
+    activations: int
+    """Peak activations."""
+    overhead: int
+    """CUDA context, NCCL buffers and CUDA graphs (training: also gradients and optimizer states)."""
+    total: int
+    """Sum of the above."""
+    human: str
+    """The same as one readable line, e.g. "71.9 GiB of 79.2 GiB (weights 32.9 GiB, KV cache 34.4 GiB, …)"."""
+    summary: str
+    """Short form for the Mem/GPU printer column, e.g. "71.9/79.2 GiB"."""
+
+
+class PlanStatus(_Model):
+    """The plan the operator chose."""
+
+    tensor: int
+    """Tensor-parallel degree."""
+    pipeline: int
+    """Pipeline-parallel degree."""
+    data: int
+    """Data-parallel degree (replicas)."""
+    expert: int
+    """Expert-parallel degree (1 for dense models)."""
+    gpus: int
+    """GPUs of all replicas together."""
+    gpus_per_replica: int = Field(alias="gpusPerReplica")
+    """GPUs of one replica (tensor × pipeline)."""
+    nodes: int
+    """Nodes the replicas occupy."""
+    nodes_per_replica: int = Field(alias="nodesPerReplica")
+    """Nodes one replica spans (more than 1 runs the replica with Ray across nodes)."""
+    gpu_type: str = Field(alias="gpuType")
+    """GPU the plan is for (catalog name, e.g. H100-80GB)."""
+    pool: str
+    """Node pool (GPU product) the plan uses."""
+    memory_per_gpu: MemoryPerGPU = Field(alias="memoryPerGPU")
+    """Planned memory of the most-loaded GPU, in bytes and as a readable line."""
+    utilization: str
+    """Planned share of each GPU's memory, e.g. "0.91"."""
+    kv_cache_tokens: int = Field(alias="kvCacheTokens")
+    """KV-cache capacity of one replica in tokens (inference)."""
+    max_concurrency: int = Field(alias="maxConcurrency")
+    """Sequences of sequenceLength one replica holds at once (inference)."""
+    command: str
+    """The command each replica runs."""
+    reason: str
+    """Why this plan."""
+    hash: str
+    """Digest of the plan and rendered children; an unchanged hash means nothing to apply."""
+
+
+class Replicas(_Model):
+    """Replicas the plan asks for and those that are ready."""
+
+    desired: int = 0
+    """Replicas of the current plan (data-parallel degree; 1 for a training job; 0 with planOnly)."""
+    ready: int = 0
+    """Replicas of the current plan whose pods are all ready."""
+
+
+class PoolInventory(_Model):
+    """GPUs of one node pool as seen when planning."""
+
+    name: str
+    """Pool name (the GPU name, suffixed with -x<GPUs per node> when one GPU comes in several node shapes)."""
+    gpu_type: str = Field(alias="gpuType")
+    """GPU of the pool's nodes (catalog name)."""
+    nodes: int
+    """Schedulable nodes in the pool."""
+    gpus_total: int = Field(alias="gpusTotal")
+    """Allocatable GPUs of those nodes."""
+    gpus_free: int = Field(alias="gpusFree")
+    """GPUs not requested by other pods (this deployment's own pods count as free)."""
+    memory_per_gpu: str = Field(alias="memoryPerGPU")
+    """Usable memory of one GPU, e.g. "79.2 GiB"."""
+
+
+class ParallelDeploymentStatus(_Model):
+    """What the operator observed and decided."""
+
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    """The metadata.generation the plan was made for."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Planned, Ready and Degraded, one entry per type."""
+    plan: PlanStatus | None = None
+    """The plan the operator chose; absent until a plan fits."""
+    candidates: list[str] = Field(default_factory=list)
+    """The best alternatives, one line each."""
+    replicas: Replicas = Field(default_factory=Replicas)
+    """Replicas the plan asks for and those that are ready."""
+    inventory: list[PoolInventory] = Field(default_factory=list)
+    """The GPU pools the plan was made against."""

@@ -1,0 +1,45 @@
+"""The plan the operator acts on: what the renderers need to build the children of a ParallelDeployment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoparallel.planner.inference import Degrees
+
+LABEL_PRODUCT = "nvidia.com/gpu.product"
+"""GPU-feature-discovery label with the GPU product; pods select their pool's product with it."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ParallelDeployment that owns the children (for names, labels and ownerReferences)."""
+
+    name: str
+    namespace: str
+    uid: str
+    api_version: str = "autoparallel.io/v1alpha1"
+    kind: str = "ParallelDeployment"
+
+
+@dataclass(frozen=True)
+class ChosenPlan:
+    """Degrees and placement chosen by the planner for one ParallelDeployment."""
+
+    degrees: Degrees
+    """TP, PP, EP and DP (DP = replicas)."""
+    nodes_per_replica: int
+    """1: each replica is one pod on one node; > 1: a replica spans this many pods/nodes (Ray for vLLM)."""
+    gpus_per_pod: int
+    """GPUs each pod requests (TP × PP × attention-DP on one node; GPUs per node for multi-node replicas)."""
+    pool: str
+    """The node pool (one GPU product) the plan uses."""
+    gpu_product: str | None
+    """Value of the ``nvidia.com/gpu.product`` label of the pool's nodes (None when nodes lack it)."""
+    plan_hash: str
+    """Digest of the plan; children carry it in the ``autoparallel.io/plan-hash`` annotation."""
+    micro_batches: int = 1
+    """Training: micro-batches per step on each data-parallel rank."""
+
+    @property
+    def pods_per_replica(self) -> int:
+        return self.nodes_per_replica

@@ -1,0 +1,208 @@
+"""From a ParallelDeployment spec and the GPU inventory to a plan, or to the reason there is none."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from autoparallel.controller.inventory import Inventory
+from autoparallel.controller.models import (
+    DType,
+    MemoryPerGPU,
+    ParallelDeploymentSpec,
+    PlanStatus,
+    PoolInventory,
+    ServingSpec,
+    WorkloadType,
+)
+from autoparallel.controller.plan import ChosenPlan
+from autoparallel.planner import analyze
+from autoparallel.planner.errors import (
+    AutoParallelError,
+    InsufficientMemoryError,
+    InvalidConfigurationError,
+    ModelNotFoundError,
+)
+from autoparallel.planner.inference import Degrees
+from autoparallel.planner.units import GIB, human_bytes, to_gib
+
+CANDIDATES = 4
+"""Plans evaluated for status.candidates (the chosen one and three alternatives)."""
+
+
+@dataclass(frozen=True)
+class PlanFailure:
+    """Why no plan exists: a condition reason and a message that says what would fix it."""
+
+    reason: str
+    """ModelNotFound, InsufficientMemory, InsufficientGPUs or InvalidSpec."""
+    message: str
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A chosen plan with what the status reports about it."""
+
+    plan: ChosenPlan
+    status: PlanStatus
+    candidates: tuple[str, ...]
+
+
+def planner_options(spec: ParallelDeploymentSpec) -> dict[str, Any]:
+    """The planner ``**options`` a spec asks for."""
+    serving = spec.serving or ServingSpec()
+    options: dict[str, Any] = {
+        "workload": spec.workload.type.value,
+        "objective": spec.objective.value,
+        "tensor_parallel": spec.parallelism.tensor,
+        "pipeline_parallel": spec.parallelism.pipeline,
+        "data_parallel": spec.parallelism.data,
+        "expert_parallel": spec.parallelism.expert,
+        "max_gpus": spec.parallelism.max_gpus,
+        "quantization": spec.model.quantization.value if spec.model.quantization else None,
+        "dtype": None if spec.model.dtype == DType.AUTO else spec.model.dtype.value,
+    }
+    if spec.workload.type == WorkloadType.INFERENCE:
+        options["gpu_memory_utilization"] = float(serving.gpu_memory_utilization)
+        options["kv_cache_dtype"] = serving.kv_cache_dtype.value
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def inventory_status(inventory: Inventory) -> list[PoolInventory]:
+    return [
+        PoolInventory(
+            name=pool.name,
+            gpu_type=pool.gpu_name,
+            nodes=pool.num_nodes,
+            gpus_total=pool.total_gpus,
+            gpus_free=pool.free_total,
+            memory_per_gpu=f"{to_gib(pool.gpu_memory_bytes)} GiB",
+        )
+        for pool in inventory.pools
+    ]
+
+
+def _memory(config: dict[str, Any], gpu_memory_gib: float) -> MemoryPerGPU:
+    breakdown = {k: int(v * GIB) for k, v in config["memory_breakdown"].items()}
+    overhead = breakdown["framework_overhead"] + breakdown.get("gradients", 0) + breakdown.get("optimizer_states", 0)
+    total = breakdown["total"]
+    human = (
+        f"{human_bytes(total)} of {gpu_memory_gib:.1f} GiB (weights {human_bytes(breakdown['weights'])}, "
+        f"KV cache {human_bytes(breakdown['kv_cache'])}, activations {human_bytes(breakdown['activations'])}, "
+        f"overhead {human_bytes(overhead)})"
+    )
+    return MemoryPerGPU(
+        weights=breakdown["weights"],
+        kv_cache=breakdown["kv_cache"],
+        activations=breakdown["activations"],
+        overhead=overhead,
+        total=total,
+        human=human,
+        summary=f"{total / GIB:.1f}/{gpu_memory_gib:.1f} GiB",
+    )
+
+
+def _candidate_line(config: dict[str, Any]) -> str:
+    return (
+        f"TP={config['tensor_parallel']} PP={config['pipeline_parallel']} EP={config['expert_parallel']} "
+        f"DP={config['data_parallel']} on {config['total_gpus']}× {config['gpu_type']}: "
+        f"{config['memory_per_gpu_gb']} GiB/GPU, {config['max_concurrent_sequences']} sequences/replica"
+    )
+
+
+def plan_hash(spec: ParallelDeploymentSpec, config: dict[str, Any]) -> str:
+    """A digest of everything the children depend on: the spec and the chosen degrees and placement."""
+    material = {
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "plan": {
+            k: config[k]
+            for k in (
+                "tensor_parallel",
+                "pipeline_parallel",
+                "expert_parallel",
+                "data_parallel",
+                "pool",
+                "nodes_per_replica",
+                "gpus_per_replica",
+            )
+        },
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _gpus_per_pod(config: dict[str, Any], gpus_per_node: int) -> int:
+    if config["nodes_per_replica"] > 1:
+        return gpus_per_node
+    if config["workload"] == "training":
+        # torchrun runs one pod per node: the plan's GPUs are packed onto whole nodes where they fill them.
+        return min(int(config["total_gpus"]), gpus_per_node)
+    return int(config["gpus_per_replica"])
+
+
+def plan_deployment(spec: ParallelDeploymentSpec, inventory: Inventory) -> PlanResult | PlanFailure:
+    """Plan ``spec`` on ``inventory``; never raises for bad input, it returns the failure instead."""
+    if not inventory.pools:
+        skipped = f" ({'; '.join(inventory.skipped)})" if inventory.skipped else ""
+        return PlanFailure(
+            "InsufficientGPUs",
+            f"no schedulable node offers {spec.placement.gpu_resource} matching spec.placement.nodeSelector "
+            f"{spec.placement.node_selector or '{}'}{skipped}; add GPU nodes or relax the selector",
+        )
+    model: Any = spec.model.config if spec.model.config else spec.model.name
+    try:
+        configs = analyze(
+            model,
+            list(inventory.pools),
+            spec.workload.sequence_length,
+            spec.workload.batch_size,
+            CANDIDATES,
+            **planner_options(spec),
+        )
+    except ModelNotFoundError as error:
+        return PlanFailure("ModelNotFound", f"spec.model.name: {error}; or give spec.model.config inline")
+    except InsufficientMemoryError as error:
+        reason = "InsufficientGPUs" if error.gpus_needed else "InsufficientMemory"
+        return PlanFailure(reason, str(error))
+    except InvalidConfigurationError as error:
+        return PlanFailure("InvalidSpec", str(error))
+    except AutoParallelError as error:
+        return PlanFailure("InvalidSpec", str(error))
+    best = configs[0]
+    pools = {pool.name: pool for pool in inventory.pools}
+    pool = pools[best["pool"]]
+    digest = plan_hash(spec, best)
+    degrees = Degrees(
+        best["tensor_parallel"], best["pipeline_parallel"], best["expert_parallel"], best["data_parallel"]
+    )
+    gpus_per_pod = _gpus_per_pod(best, pool.gpus_per_node)
+    chosen = ChosenPlan(
+        degrees=degrees,
+        nodes_per_replica=best["nodes_per_replica"],
+        gpus_per_pod=gpus_per_pod,
+        pool=pool.name,
+        gpu_product=dict(inventory.products).get(pool.name),
+        plan_hash=digest,
+        micro_batches=max(1, spec.workload.batch_size // best["data_parallel"]),
+    )
+    status = PlanStatus(
+        tensor=degrees.tensor,
+        pipeline=degrees.pipeline,
+        data=degrees.data,
+        expert=degrees.expert,
+        gpus=degrees.total_gpus,
+        gpus_per_replica=best["gpus_per_replica"],
+        nodes=best["nodes"],
+        nodes_per_replica=best["nodes_per_replica"],
+        gpu_type=best["gpu_type"],
+        pool=pool.name,
+        memory_per_gpu=_memory(best, best["gpu_memory_gb"]),
+        utilization=f"{best['memory_utilization']:.2f}",
+        kv_cache_tokens=best["kv_cache_tokens"],
+        max_concurrency=best["max_concurrent_sequences"],
+        command=best["deployment_command"],
+        reason=best["reason"],
+        hash=digest,
+    )
+    return PlanResult(chosen, status, tuple(_candidate_line(c) for c in configs))

@@ -1,0 +1,301 @@
+"""Reconciliation of one ParallelDeployment: validate → inventory → plan → render → apply → status.
+
+``reconcile`` runs on create, update (a spec change) and resume: it always plans anew. ``resync`` runs on a
+timer: it keeps the current plan while that plan still fits the inventory (so it never flaps), replans when
+it does not (a node lost, GPUs taken by others), retries failed plans, and refreshes readiness. Both compute
+the whole status and patch it once, only when it changed; unchanged plans apply nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from autoparallel.controller import k8s, metrics
+from autoparallel.controller.inventory import LABEL_OWNER_UID, Inventory, NodeGPUs, PodGPUs, build_inventory
+from autoparallel.controller.models import (
+    ConditionStatus,
+    ParallelDeploymentSpec,
+    ParallelDeploymentStatus,
+    PlanStatus,
+    WorkloadType,
+)
+from autoparallel.controller.plan import Owner
+from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
+from autoparallel.controller.render import render_children
+from autoparallel.controller.status import (
+    DEGRADED,
+    PLANNED,
+    READY,
+    ChildReadiness,
+    get_condition,
+    now,
+    readiness_condition,
+    replicas,
+    set_condition,
+    status_body,
+)
+from autoparallel.planner.search import placement
+
+REPLACE_RETRY_SECONDS = 2
+
+
+@dataclass(frozen=True)
+class PendingPod:
+    """A pod of a ParallelDeployment that the scheduler could not place."""
+
+    owner_uid: str
+    name: str
+    message: str
+
+
+def pending_pod(body: kopf.Body) -> PendingPod | None:
+    """The scheduler's complaint about an unscheduled pod of ours, if any."""
+    for condition in body.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            owner = body["metadata"]["labels"][LABEL_OWNER_UID]
+            return PendingPod(owner, body["metadata"]["name"], condition.get("message", ""))
+    return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the operator's indexes know when a handler runs."""
+
+    nodes: Sequence[NodeGPUs]
+    pods: Sequence[PodGPUs]
+    children: Sequence[ChildReadiness]
+    pending: Sequence[PendingPod]
+
+
+def _current_status(body: kopf.Body) -> ParallelDeploymentStatus:
+    raw = {
+        k: v
+        for k, v in (body.get("status") or {}).items()
+        if k in ParallelDeploymentStatus.model_fields
+        or k in {f.alias for f in ParallelDeploymentStatus.model_fields.values()}
+    }
+    try:
+        return ParallelDeploymentStatus.model_validate(raw)
+    except ValidationError:  # written by an older operator version: start afresh
+        return ParallelDeploymentStatus()
+
+
+def _inventory(spec: ParallelDeploymentSpec, snapshot: Snapshot, uid: str) -> Inventory:
+    return build_inventory(
+        snapshot.nodes, snapshot.pods, spec.placement.gpu_resource, spec.placement.node_selector, owner_uid=uid
+    )
+
+
+def _still_fits(plan: PlanStatus, inventory: Inventory) -> bool:
+    """Whether the pool of the current plan can still hold all its replicas (our own GPUs count as free)."""
+    pool = next((p for p in inventory.pools if p.name == plan.pool), None)
+    if pool is None:
+        return False
+    capacity, _ = placement(pool, plan.gpus_per_replica)
+    return capacity >= plan.data
+
+
+def _desired_workloads(spec: ParallelDeploymentSpec, plan: PlanStatus) -> int:
+    if spec.workload.type == WorkloadType.TRAINING:
+        return 1
+    return plan.data
+
+
+def _finish(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    status: ParallelDeploymentStatus,
+    snapshot: Snapshot,
+    spec: ParallelDeploymentSpec | None,
+    timestamp: str,
+) -> None:
+    """Set Ready/Degraded from the children, then patch the status once if anything changed."""
+    generation = body["metadata"].get("generation")
+    planned = get_condition(status.conditions, PLANNED)
+    plan = status.plan
+    conditions = status.conditions
+    if spec is not None and planned is not None and planned.status == ConditionStatus.TRUE and plan is not None:
+        if spec.plan_only:
+            ready = (ConditionStatus.FALSE, "PlanOnly", "spec.planOnly is set: nothing is created")
+            counts = replicas([], None)
+        else:
+            desired = _desired_workloads(spec, plan)
+            ready = readiness_condition(status, desired, snapshot.children, plan.hash)
+            if ready[0] != ConditionStatus.TRUE and snapshot.pending:
+                pod = snapshot.pending[0]
+                ready = (ConditionStatus.FALSE, "Unschedulable", f"pod {pod.name}: {pod.message}")
+            counts = replicas(snapshot.children, plan.hash)
+            counts = counts.model_copy(update={"desired": desired})
+        conditions = set_condition(conditions, READY, ready[0], ready[1], ready[2], generation, timestamp)
+        degraded = ready[1] in ("Failed", "Unschedulable")
+        conditions = set_condition(
+            conditions,
+            DEGRADED,
+            ConditionStatus.TRUE if degraded else ConditionStatus.FALSE,
+            ready[1] if degraded else "AsPlanned",
+            ready[2] if degraded else "the plan is being served as planned",
+            generation,
+            timestamp,
+        )
+        status = status.model_copy(update={"conditions": conditions, "replicas": counts})
+    new = status_body(status)
+    old = body.get("status") or {}
+    for key, value in new.items():
+        if old.get(key) != value:
+            patch.status[key] = value
+
+
+def _failure_status(
+    status: ParallelDeploymentStatus, failure: PlanFailure, generation: int | None, timestamp: str
+) -> ParallelDeploymentStatus:
+    conditions = set_condition(
+        status.conditions, PLANNED, ConditionStatus.FALSE, failure.reason, failure.message, generation, timestamp
+    )
+    conditions = set_condition(
+        conditions, READY, ConditionStatus.FALSE, failure.reason, failure.message, generation, timestamp
+    )
+    conditions = set_condition(
+        conditions, DEGRADED, ConditionStatus.TRUE, failure.reason, failure.message, generation, timestamp
+    )
+    return status.model_copy(update={"conditions": conditions, "observed_generation": generation})
+
+
+async def _event_once(
+    body: kopf.Body,
+    old: ParallelDeploymentStatus,
+    new: ParallelDeploymentStatus,
+    kind: str,
+    reason: str,
+    message: str,
+) -> None:
+    """Post an Event when the Planned condition or the plan changed — not on every resync."""
+    before, after = get_condition(old.conditions, PLANNED), get_condition(new.conditions, PLANNED)
+    plan_changed = (old.plan.hash if old.plan else None) != (new.plan.hash if new.plan else None)
+    condition_changed = (
+        before is None or after is None or (before.reason, before.message) != (after.reason, after.message)
+    )
+    if plan_changed or condition_changed:
+        await k8s.post_event(body, kind, reason, message)
+
+
+async def _apply(result: PlanResult, spec: ParallelDeploymentSpec, body: kopf.Body, snapshot: Snapshot) -> list[str]:
+    meta = body["metadata"]
+    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    manifests = [] if spec.plan_only else render_children(result.plan, spec, owner)
+    workloads = {(m["kind"], m["metadata"]["name"]) for m in manifests if m["kind"] != "Service"}
+    current = {(c.kind, c.name) for c in snapshot.children if c.plan_hash == result.plan.plan_hash}
+    if manifests and workloads <= current and not any(c.plan_hash != result.plan.plan_hash for c in snapshot.children):
+        return []  # the children of this exact plan exist: nothing to write
+    try:
+        return await k8s.sync_children(manifests, owner.namespace, owner.uid)
+    except k8s.ChildReplacing as waiting:
+        raise kopf.TemporaryError(str(waiting), delay=REPLACE_RETRY_SECONDS) from waiting
+    except ApiException as error:
+        raise kopf.TemporaryError(f"applying children failed: {error.status} {error.reason}", delay=10) from error
+
+
+async def _plan_and_apply(
+    body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger: kopf.Logger | logging.Logger, trigger: str
+) -> None:
+    meta = body["metadata"]
+    generation = meta.get("generation")
+    timestamp = now()
+    old = _current_status(body)
+    try:
+        spec = ParallelDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        failure = PlanFailure("InvalidSpec", f"spec.{where}: {first['msg']}")
+        new = _failure_status(old, failure, generation, timestamp)
+        await _event_once(body, old, new, "Warning", failure.reason, failure.message)
+        metrics.RECONCILES.labels("invalid").inc()
+        _finish(body, patch, new, snapshot, None, timestamp)
+        return
+    inventory = _inventory(spec, snapshot, meta["uid"])
+    started = time.perf_counter()
+    outcome = plan_deployment(spec, inventory)
+    metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
+    if isinstance(outcome, PlanFailure):
+        new = _failure_status(old, outcome, generation, timestamp)
+        new = new.model_copy(update={"inventory": inventory_status(inventory)})
+        await _event_once(body, old, new, "Warning", outcome.reason, outcome.message)
+        metrics.RECONCILES.labels("failed").inc()
+        _finish(body, patch, new, snapshot, spec, timestamp)
+        return
+    reason = "PlanOnly" if spec.plan_only else "Planned"
+    conditions = set_condition(
+        old.conditions, PLANNED, ConditionStatus.TRUE, reason, outcome.status.reason, generation, timestamp
+    )
+    new = old.model_copy(
+        update={
+            "observed_generation": generation,
+            "conditions": conditions,
+            "plan": outcome.status,
+            "candidates": list(outcome.candidates),
+            "inventory": inventory_status(inventory),
+        }
+    )
+    deleted = await _apply(outcome, spec, body, snapshot)
+    verb = "Replanned" if trigger == "inventory" and old.plan is not None else reason
+    extra = f"; removed {', '.join(deleted)}" if deleted else ""
+    await _event_once(body, old, new, "Normal", verb, f"{outcome.status.reason}{extra}")
+    metrics.record_plan(meta["namespace"], meta["name"], outcome.status)
+    metrics.RECONCILES.labels("planned").inc()
+    logger.info(f"{verb}: {outcome.status.reason}{extra}")
+    _finish(body, patch, new, snapshot, spec, timestamp)
+
+
+async def reconcile(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger: kopf.Logger) -> None:
+    """Create, spec change or operator restart: plan anew (deterministic, so a restart changes nothing)."""
+    await _plan_and_apply(body, patch, snapshot, logger, trigger="spec")
+
+
+async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger: kopf.Logger | logging.Logger) -> None:
+    """Timer: keep a plan that still fits, replan one that does not, retry a failed one, refresh readiness."""
+    status = _current_status(body)
+    planned = get_condition(status.conditions, PLANNED)
+    if planned is None or planned.observed_generation != body["metadata"].get("generation"):
+        return  # the change handler has not finished this generation yet
+    try:
+        spec = ParallelDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return
+    if planned.status == ConditionStatus.TRUE and status.plan is not None:
+        if _still_fits(status.plan, _inventory(spec, snapshot, body["metadata"]["uid"])):
+            _finish(body, patch, status, snapshot, spec, now())
+            return
+        logger.info("the current plan no longer fits the inventory: replanning")
+    await _plan_and_apply(body, patch, snapshot, logger, trigger="inventory")
+
+
+RESYNC_ERRORS = (ApiException, kopf.TemporaryError, OSError)
+"""Failures of one object's resync that the loop logs and retries on its next round."""
+
+
+async def resync_loop(snapshots: Callable[[], list[tuple[kopf.Body, Snapshot]]], interval: float) -> None:
+    """Resync every ParallelDeployment every ``interval`` seconds, writing status only when it changed."""
+    logger = logging.getLogger("autoparallel.resync")
+    while True:
+        await asyncio.sleep(interval)  # pacing between rounds, not waiting for a condition
+        rounds = snapshots()
+        for body, snapshot in rounds:
+            patch = kopf.Patch()
+            try:
+                await resync(body, patch, snapshot, logger)
+                if patch.get("status"):
+                    meta = body["metadata"]
+                    await k8s.patch_status(meta["namespace"], meta["name"], dict(patch["status"]))
+            except RESYNC_ERRORS as error:
+                logger.warning(f"resync of {body['metadata']['namespace']}/{body['metadata']['name']}: {error}")
+            except Exception:  # the loop serves every object: log the bug with its traceback, serve the rest
+                logger.exception(f"resync of {body['metadata']['namespace']}/{body['metadata']['name']} failed")
+        logger.debug(f"resynced {len(rounds)} ParallelDeployment(s)")

@@ -1,0 +1,68 @@
+"""Renderers: pure functions from (ChosenPlan, ParallelDeploymentSpec, Owner) to the Kubernetes objects a
+ParallelDeployment needs, as plain dicts ready for server-side apply.
+
+Every child is named after the owner, lives in its namespace, is controlled by it (ownerReferences) and carries
+the labels of :func:`labels` (``managed-by: autoparallel`` and ``autoparallel.io/owner-uid``: select on both to
+find children to prune) and the ``autoparallel.io/plan-hash`` annotation.
+"""
+
+from __future__ import annotations
+
+from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
+from autoparallel.controller.plan import ChosenPlan, Owner
+from autoparallel.controller.render.common import (
+    ANNOTATION_PLAN_HASH,
+    CHILD_KINDS,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    Manifest,
+    children_selector,
+    labels,
+    owner_references,
+)
+from autoparallel.controller.render.inference import (
+    LABEL_REPLICA,
+    render_group_service,
+    render_group_statefulset,
+    render_inference_deployment,
+    render_inference_service,
+)
+from autoparallel.controller.render.training import render_training_job, render_training_service
+
+__all__ = [
+    "ANNOTATION_PLAN_HASH",
+    "CHILD_KINDS",
+    "LABEL_COMPONENT",
+    "LABEL_INSTANCE",
+    "LABEL_MANAGED_BY",
+    "LABEL_NAME",
+    "LABEL_REPLICA",
+    "Manifest",
+    "children_selector",
+    "labels",
+    "owner_references",
+    "render_children",
+    "render_group_service",
+    "render_group_statefulset",
+    "render_inference_deployment",
+    "render_inference_service",
+    "render_training_job",
+    "render_training_service",
+]
+
+
+def render_children(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:
+    """Every child of the ParallelDeployment, Services before the workloads that resolve them."""
+    if spec.workload.type is WorkloadType.TRAINING:
+        return [render_training_service(plan, spec, owner), render_training_job(plan, spec, owner)]
+    if plan.nodes_per_replica == 1:
+        return [render_inference_service(plan, spec, owner), render_inference_deployment(plan, spec, owner)]
+    groups: list[Manifest] = [render_inference_service(plan, spec, owner)]
+    for replica in range(plan.degrees.data):
+        groups += [
+            render_group_service(plan, spec, owner, replica),
+            render_group_statefulset(plan, spec, owner, replica),
+        ]
+    return groups

@@ -1,0 +1,197 @@
+"""Builders shared by the inference and training renderers: metadata, placement, resources, containers.
+
+Every function is pure and returns plain dicts with Kubernetes field names; unset fields are left out rather
+than written as null, so server-side apply owns exactly the fields the operator means to set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from autoparallel.controller.inventory import LABEL_OWNER_UID
+from autoparallel.controller.models import EnvVar, ParallelDeploymentSpec
+from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
+
+Manifest = dict[str, Any]
+"""One Kubernetes object (or a part of one) as a plain, JSON-serialisable dict."""
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MANAGED_BY = "autoparallel"
+"""Value of ``app.kubernetes.io/managed-by`` on every child; with the owner-uid label it finds stale children."""
+ANNOTATION_PLAN_HASH = "autoparallel.io/plan-hash"
+"""Annotation on every child: the plan it was rendered from (status counts only children of the current plan)."""
+
+COMPONENT_INFERENCE = "inference"
+COMPONENT_TRAINING = "training"
+
+CPU_REQUEST_PER_GPU = 2
+MEMORY_REQUEST_PER_GPU_GIB = 8
+"""CPU cores and GiB of memory requested per GPU: one busy core per GPU worker process plus the API server or
+data loader, and host memory for tokenizers and staging buffers. Kept to what the smallest common GPU instances
+leave allocatable (4 vCPU and 16 GiB per GPU, e.g. AWS g5.xlarge), so a request never makes a planned pod
+unschedulable. Requests only: no CPU limit (throttling stalls NCCL proxy threads) and no memory limit (loading
+checkpoints fills the page cache, which a limit would turn into OOM kills)."""
+
+SHM_VOLUME = "dshm"
+SHM_SIZE_LIMIT = "16Gi"
+"""/dev/shm as tmpfs: NCCL and vLLM's worker processes exchange tensors through shared memory, and the
+container runtime's default 64 MiB makes NCCL fail at start-up."""
+
+
+def labels(owner: Owner, component: str) -> dict[str, str]:
+    """Labels of every child and pod of ``owner``."""
+    return {
+        LABEL_NAME: f"autoparallel-{component}",
+        LABEL_INSTANCE: owner.name,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_COMPONENT: component,
+        LABEL_OWNER_UID: owner.uid,
+    }
+
+
+def selector_labels(owner: Owner, component: str) -> dict[str, str]:
+    """The subset of :func:`labels` that selects the pods of ``owner`` (selectors are immutable: keep it stable)."""
+    return {LABEL_INSTANCE: owner.name, LABEL_COMPONENT: component, LABEL_OWNER_UID: owner.uid}
+
+
+def owner_references(owner: Owner) -> list[Manifest]:
+    """Make ``owner`` the controller of a child: deleting the ParallelDeployment garbage-collects it."""
+    return [
+        {
+            "apiVersion": owner.api_version,
+            "kind": owner.kind,
+            "name": owner.name,
+            "uid": owner.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def object_meta(name: str, plan: ChosenPlan, owner: Owner, component: str) -> Manifest:
+    """``metadata`` of a child object."""
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, component),
+        "annotations": {ANNOTATION_PLAN_HASH: plan.plan_hash},
+        "ownerReferences": owner_references(owner),
+    }
+
+
+def node_selector(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> dict[str, str]:
+    """The user's node selector, narrowed to the planned pool's GPU product when the nodes carry it."""
+    selector = dict(spec.placement.node_selector)
+    if plan.gpu_product:
+        selector[LABEL_PRODUCT] = plan.gpu_product
+    return selector
+
+
+def tolerations(spec: ParallelDeploymentSpec) -> list[Manifest]:
+    """The user's tolerations, plus one for the usual GPU-node taint (key = the GPU resource name, any value,
+    NoSchedule: GKE's ``nvidia.com/gpu=present`` and the NVIDIA GPU operator's convention)."""
+    gpu_taint: Manifest = {"key": spec.placement.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
+    user = [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in spec.placement.tolerations]
+    return user if gpu_taint in user else [*user, gpu_taint]
+
+
+def gpu_resources(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> Manifest:
+    """Requests and limits of one pod: the planned GPUs (an extended resource: request = limit), and CPU and
+    memory in proportion to them."""
+    gpus = str(plan.gpus_per_pod)
+    return {
+        "requests": {
+            "cpu": str(CPU_REQUEST_PER_GPU * plan.gpus_per_pod),
+            "memory": f"{MEMORY_REQUEST_PER_GPU_GIB * plan.gpus_per_pod}Gi",
+            spec.placement.gpu_resource: gpus,
+        },
+        "limits": {spec.placement.gpu_resource: gpus},
+    }
+
+
+def env(planned: Iterable[Manifest], user: Sequence[EnvVar]) -> list[Manifest]:
+    """The operator's variables, then the user's. Names are unique (server-side apply merges env by name):
+    a user variable named like an operator one is dropped, since the planned values must agree across pods;
+    of two user variables with one name the last wins, as the kubelet would."""
+    merged = {variable["name"]: variable for variable in planned}
+    user_values = {variable.name: variable.value for variable in user}
+    for name, value in user_values.items():
+        merged.setdefault(name, {"name": name, "value": value})
+    return list(merged.values())
+
+
+def field_env(name: str, field_path: str) -> Manifest:
+    """An environment variable from the downward API."""
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+def shm_volume() -> Manifest:
+    return {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE_LIMIT}}
+
+
+def container(
+    name: str,
+    image: str,
+    command: Sequence[str],
+    ports: Sequence[Manifest],
+    env_vars: Sequence[Manifest],
+    resources: Manifest,
+    probes: Mapping[str, Manifest] | None = None,
+) -> Manifest:
+    """A GPU container with /dev/shm mounted; ``probes`` maps ``readinessProbe`` etc. to their specs."""
+    body: Manifest = {"name": name, "image": image, "command": list(command)}
+    if ports:
+        body["ports"] = list(ports)
+    if env_vars:
+        body["env"] = list(env_vars)
+    body["resources"] = resources
+    body["volumeMounts"] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    body.update(probes or {})
+    return body
+
+
+def pod_template(
+    plan: ChosenPlan,
+    spec: ParallelDeploymentSpec,
+    owner: Owner,
+    component: str,
+    main: Manifest,
+    extra_labels: Mapping[str, str] | None = None,
+    extra_spec: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """A pod template running ``main`` on the planned pool; ``extra_spec`` adds pod fields (restartPolicy …)."""
+    pod_spec: Manifest = {"enableServiceLinks": False}  # no Service env vars: they collide with e.g. VLLM_PORT
+    pod_spec.update(extra_spec or {})
+    selector = node_selector(plan, spec)
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    pod_spec["tolerations"] = tolerations(spec)
+    pod_spec["containers"] = [main]
+    pod_spec["volumes"] = [shm_volume()]
+    return {"metadata": {"labels": {**labels(owner, component), **(extra_labels or {})}}, "spec": pod_spec}
+
+
+def service_port(name: str, port: int) -> Manifest:
+    return {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
+
+
+def container_port(name: str, port: int) -> Manifest:
+    return {"name": name, "containerPort": port, "protocol": "TCP"}
+
+
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("batch/v1", "Job"),
+)
+"""(apiVersion, kind) of every kind of child a renderer makes: the kinds to list when pruning stale children."""
+
+
+def children_selector(owner: Owner) -> str:
+    """Label selector (``kubectl -l`` syntax) matching every child of ``owner``, of any plan and component."""
+    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER_UID}={owner.uid}"

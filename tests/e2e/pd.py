@@ -1,0 +1,79 @@
+"""Helpers to create ParallelDeployments and read what the operator reports about them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+
+from kube import KubeCluster, wait_for
+
+GROUP, VERSION, PLURAL = "autoparallel.io", "v1alpha1", "paralleldeployments"
+
+
+def custom(cluster: KubeCluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api_client)
+
+
+def create(cluster: KubeCluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def get(cluster: KubeCluster, namespace: str, name: str) -> dict[str, Any]:
+    return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def patch_spec(cluster: KubeCluster, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return custom(cluster).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
+
+
+def condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+
+def wait_condition(
+    cluster: KubeCluster,
+    namespace: str,
+    name: str,
+    type_: str,
+    status: str,
+    reason: str | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Wait until condition ``type_`` has ``status`` (and ``reason``) for the current generation."""
+
+    def check() -> dict[str, Any] | None:
+        body = get(cluster, namespace, name)
+        found = condition(body, type_)
+        generation = body["metadata"]["generation"]
+        if (
+            found
+            and found["status"] == status
+            and (reason is None or found["reason"] == reason)
+            and found.get("observedGeneration") == generation
+        ):
+            return body
+        return None
+
+    return wait_for(
+        check,
+        timeout=timeout,
+        description=f"{namespace}/{name} {type_}={status} ({reason or 'any reason'})",
+        observe=lambda: (get(cluster, namespace, name).get("status") or {}).get("conditions"),
+    )
+
+
+def events(cluster: KubeCluster, namespace: str, name: str) -> list[Any]:
+    items = cluster.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    return [e for e in items if e.involved_object.kind == "ParallelDeployment"]
+
+
+def children(cluster: KubeCluster, namespace: str, uid: str) -> dict[str, list[Any]]:
+    selector = f"autoparallel.io/owner-uid={uid}"
+    return {
+        "Deployment": cluster.apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+        "StatefulSet": cluster.apps.list_namespaced_stateful_set(namespace, label_selector=selector).items,
+        "Service": cluster.core.list_namespaced_service(namespace, label_selector=selector).items,
+        "Job": cluster.batch.list_namespaced_job(namespace, label_selector=selector).items,
+        "Pod": cluster.core.list_namespaced_pod(namespace, label_selector=selector).items,
+    }

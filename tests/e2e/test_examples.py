@@ -1,0 +1,159 @@
+"""Every example applied to the real control plane: the expected plan and condition, the children with the
+right GPU requests, node selectors and exact commands, pods Running (kwok), Ready=True."""
+
+from __future__ import annotations
+
+import autoparallel
+from kube import KubeCluster, wait_for
+
+from .conftest import Operator, example
+from .pd import children, create, events, get, wait_condition
+
+DEFAULT_POOLS = {
+    "NVIDIA-H100-80GB-HBM3": {"gpu_type": "H100-80GB", "gpus_per_node": 8, "num_nodes": 2},
+    "NVIDIA-A100-SXM4-40GB": {"gpu_type": "A100-40GB", "gpus_per_node": 8, "num_nodes": 4},
+}
+
+
+def _expected(body: dict, product: str) -> dict:
+    """The planner library's answer for the same spec on the same (free) pool: the operator must agree."""
+    spec = body["spec"]
+    options = {
+        "objective": spec.get("objective", "minimize_gpus"),
+        "workload": spec["workload"].get("type", "inference"),
+    }
+    return autoparallel.best_config(
+        spec["model"]["name"],
+        [{"name": product, **DEFAULT_POOLS[product]}],
+        sequence_length=spec["workload"]["sequenceLength"],
+        batch_size=spec["workload"]["batchSize"],
+        **options,
+    )
+
+
+def _container_argv(template) -> list[str]:
+    container = template.spec.containers[0]
+    return [*(container.command or []), *(container.args or [])]
+
+
+def _gpu_request(template) -> int:
+    return int(template.spec.containers[0].resources.limits["nvidia.com/gpu"])
+
+
+def test_llama70b_runs_on_h100_with_the_planned_flags(
+    operator: Operator, kube_cluster: KubeCluster, pd_namespace: str
+) -> None:
+    body = example("llama70b.yaml")
+    create(kube_cluster, pd_namespace, body)
+    pd = wait_condition(kube_cluster, pd_namespace, "llama70b", "Ready", "True", timeout=90)
+    plan = pd["status"]["plan"]
+    expected = _expected(body, "NVIDIA-H100-80GB-HBM3")
+    assert (plan["tensor"], plan["pipeline"], plan["data"]) == (
+        expected["tensor_parallel"],
+        expected["pipeline_parallel"],
+        expected["data_parallel"],
+    )
+    assert plan["gpuType"] == "H100-80GB" and plan["gpus"] == expected["total_gpus"]
+    assert plan["memoryPerGPU"]["total"] <= 79.19 * 2**30
+    assert plan["command"] == expected["deployment_command"]
+    kids = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])
+    [deployment] = kids["Deployment"]
+    template = deployment.spec.template
+    assert deployment.spec.replicas == plan["data"]
+    assert _gpu_request(template) == plan["gpusPerReplica"]
+    assert template.spec.node_selector["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    joined = " ".join(_container_argv(template))
+    assert f"--tensor-parallel-size {plan['tensor']}" in joined
+    assert f"--pipeline-parallel-size {plan['pipeline']}" in joined
+    assert "--max-model-len 8192" in joined
+    assert [s.metadata.name for s in kids["Service"]] == ["llama70b"]
+    running = [p for p in kids["Pod"] if p.status.phase == "Running"]
+    assert len(running) == plan["data"]
+    assert all(p.spec.node_name.startswith("gpu-h100") for p in running)
+    assert pd["status"]["replicas"] == {"desired": plan["data"], "ready": plan["data"]}
+    wait_for(
+        lambda: any(e.reason == "Planned" for e in events(kube_cluster, pd_namespace, "llama70b")),
+        timeout=30,
+        description="a Planned event",
+    )
+
+
+def test_moe_example_plans_on_a100(operator: Operator, kube_cluster: KubeCluster, pd_namespace: str) -> None:
+    body = example("moe-mixtral.yaml")
+    create(kube_cluster, pd_namespace, body)
+    pd = wait_condition(kube_cluster, pd_namespace, "mixtral", "Ready", "True", timeout=90)
+    plan = pd["status"]["plan"]
+    expected = _expected(body, "NVIDIA-A100-SXM4-40GB")
+    assert plan["gpus"] == expected["total_gpus"] and plan["gpuType"] == "A100-40GB"
+    [deployment] = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])["Deployment"]
+    assert _gpu_request(deployment.spec.template) == plan["gpusPerReplica"]
+
+
+def test_multinode_example_spans_nodes_with_ray(
+    operator: Operator, kube_cluster: KubeCluster, pd_namespace: str
+) -> None:
+    create(kube_cluster, pd_namespace, example("multinode-405b.yaml"))
+    pd = wait_condition(kube_cluster, pd_namespace, "llama405b", "Ready", "True", timeout=120)
+    plan = pd["status"]["plan"]
+    assert plan["nodesPerReplica"] > 1 and plan["tensor"] == 8
+    kids = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])
+    assert len(kids["StatefulSet"]) == plan["data"]
+    statefulset = kids["StatefulSet"][0]
+    assert statefulset.spec.replicas == plan["nodesPerReplica"]
+    assert _gpu_request(statefulset.spec.template) == 8
+    script = " ".join(_container_argv(statefulset.spec.template))
+    assert "--distributed-executor-backend ray" in script and "ray start --head" in script
+    assert len([p for p in kids["Pod"] if p.status.phase == "Running"]) == plan["nodesPerReplica"] * plan["data"]
+
+
+def test_training_example_runs_an_indexed_job(operator: Operator, kube_cluster: KubeCluster, pd_namespace: str) -> None:
+    body = example("training-llama8b.yaml")
+    create(kube_cluster, pd_namespace, body)
+    pd = wait_condition(kube_cluster, pd_namespace, "train-llama8b", "Ready", "True", timeout=90)
+    plan = pd["status"]["plan"]
+    expected = _expected(body, "NVIDIA-H100-80GB-HBM3")
+    assert plan["gpus"] == expected["total_gpus"]
+    [job] = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])["Job"]
+    assert job.spec.completion_mode == "Indexed"
+    template = job.spec.template
+    env = {e.name: e for e in template.spec.containers[0].env}
+    assert {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"} <= set(env)
+    joined = " ".join(_container_argv(template))
+    assert "torchrun" in joined and "autoparallel.parallel.train" in joined
+    assert f"--tensor-parallel {plan['tensor']}" in joined and f"--data-parallel {plan['data']}" in joined
+    wait_for(
+        lambda: (
+            (kube_cluster.batch.read_namespaced_job(job.metadata.name, pd_namespace).status.succeeded or 0)
+            >= job.spec.completions
+        ),
+        timeout=60,
+        description="the training Job's pods complete",
+    )
+
+
+def test_plan_only_example_creates_nothing(operator: Operator, kube_cluster: KubeCluster, pd_namespace: str) -> None:
+    create(kube_cluster, pd_namespace, example("plan-only-deepseek.yaml"))
+    pd = wait_condition(kube_cluster, pd_namespace, "deepseek-preview", "Planned", "True", "PlanOnly")
+    assert pd["status"]["plan"]["gpus"] >= 8
+    assert pd["status"]["candidates"]
+    ready = next(c for c in pd["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "PlanOnly"
+    kids = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])
+    assert not any(kids.values())
+
+
+def test_cannot_fit_example_reports_the_error(operator: Operator, kube_cluster: KubeCluster, pd_namespace: str) -> None:
+    create(kube_cluster, pd_namespace, example("cannot-fit.yaml"))
+    pd = wait_condition(kube_cluster, pd_namespace, "too-big", "Planned", "False", "InsufficientGPUs")
+    message = next(c for c in pd["status"]["conditions"] if c["type"] == "Planned")["message"]
+    assert "smallest cluster that fits is" in message and "L4" in message
+    wait_for(
+        lambda: any(
+            e.reason == "InsufficientGPUs" and e.type == "Warning"
+            for e in events(kube_cluster, pd_namespace, "too-big")
+        ),
+        timeout=30,
+        description="an InsufficientGPUs warning event",
+    )
+    assert not any(children(kube_cluster, pd_namespace, pd["metadata"]["uid"]).values())
+    assert get(kube_cluster, pd_namespace, "too-big")["status"].get("plan") is None

@@ -1,0 +1,509 @@
+"""The renderers: golden YAML per case, plus direct checks of what the children must say.
+
+Regenerate the golden files after an intended change with ``UPDATE_GOLDEN=1 pytest tests/unit/test_render.py``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from autoparallel.controller.inventory import LABEL_OWNER_UID
+from autoparallel.controller.models import ParallelDeploymentSpec
+from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
+from autoparallel.controller.render import (
+    ANNOTATION_PLAN_HASH,
+    LABEL_MANAGED_BY,
+    children_selector,
+    render_children,
+)
+from autoparallel.controller.render.inference import group_script
+from autoparallel.controller.render.training import training_script
+from autoparallel.planner.commands import TORCHRUN_MASTER_PORT, torchrun_program_args
+from autoparallel.planner.inference import Degrees
+
+GOLDEN_DIR = Path(__file__).parent / "golden" / "render"
+OWNER = Owner(name="llama", namespace="models", uid="6f1c2a34-9b7e-4c1d-8f3a-2e5d7c9b0a11")
+H100 = "NVIDIA-H100-80GB-HBM3"
+KIND_MODELS = {"Service": "V1Service", "Deployment": "V1Deployment", "StatefulSet": "V1StatefulSet", "Job": "V1Job"}
+
+
+def _plan(degrees: Degrees, gpus_per_pod: int, nodes_per_replica: int = 1, **extra: Any) -> ChosenPlan:
+    defaults: dict[str, Any] = {"pool": H100, "gpu_product": H100, "plan_hash": "3f9a1c0d5e7b"}
+    return ChosenPlan(degrees, nodes_per_replica, gpus_per_pod, **{**defaults, **extra})
+
+
+def _spec(body: dict[str, Any]) -> ParallelDeploymentSpec:
+    return ParallelDeploymentSpec.model_validate(body)
+
+
+CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
+    "inference_single_node": (
+        _plan(Degrees(tensor=4, pipeline=1, data=2), gpus_per_pod=4),
+        _spec(
+            {
+                "model": {"name": "meta-llama/Llama-3.1-70B-Instruct", "revision": "main"},
+                "workload": {"type": "inference", "sequenceLength": 8192, "batchSize": 64},
+                "placement": {
+                    "nodeSelector": {"cloud.google.com/gke-nodepool": "h100"},
+                    "tolerations": [
+                        {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"},
+                        {
+                            "key": "node.kubernetes.io/unreachable",
+                            "operator": "Exists",
+                            "effect": "NoExecute",
+                            "tolerationSeconds": 300,
+                        },
+                    ],
+                },
+                "serving": {
+                    "args": ["--enable-prefix-caching", "--served-model-name", "llama-70b"],
+                    "env": [{"name": "HF_HOME", "value": "/cache/hf"}, {"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
+                    "gpuMemoryUtilization": "0.92",
+                },
+            }
+        ),
+    ),
+    "inference_multi_node": (
+        _plan(Degrees(tensor=8, pipeline=2, data=1), gpus_per_pod=8, nodes_per_replica=2),
+        _spec(
+            {
+                "model": {"name": "meta-llama/Llama-3.1-405B", "dtype": "bfloat16"},
+                "workload": {"sequenceLength": 16384},
+                "serving": {"kvCacheDtype": "fp8", "port": 8080},
+            }
+        ),
+    ),
+    "inference_moe_wide_ep": (
+        _plan(Degrees(tensor=1, pipeline=1, expert=4, data=1), gpus_per_pod=4, gpu_product=None, pool="a100"),
+        _spec({"model": {"name": "Qwen/Qwen3-30B-A3B"}, "parallelism": {"expert": 4}}),
+    ),
+    "training_one_pod": (
+        _plan(Degrees(tensor=2, pipeline=1, data=4), gpus_per_pod=8, micro_batches=4),
+        _spec(
+            {
+                "model": {"name": "meta-llama/Llama-3.1-8B"},
+                "workload": {"type": "training", "sequenceLength": 4096, "batchSize": 64},
+                "training": {"steps": 500},
+            }
+        ),
+    ),
+    "training_two_pods": (
+        _plan(Degrees(tensor=2, pipeline=2, data=4), gpus_per_pod=8, micro_batches=8),
+        _spec(
+            {
+                "model": {"name": "meta-llama/Llama-3.1-8B"},
+                "workload": {"type": "training", "sequenceLength": 8192, "batchSize": 256},
+                "training": {"args": ["--log-every", "10"], "env": [{"name": "NCCL_DEBUG", "value": "WARN"}]},
+            }
+        ),
+    ),
+    "training_user_command": (
+        _plan(Degrees(tensor=2, pipeline=1, data=4), gpus_per_pod=4, pool="mi300", gpu_product=None),
+        _spec(
+            {
+                "model": {"name": "meta-llama/Llama-3.2-3B"},
+                "workload": {"type": "training"},
+                "placement": {"gpuResource": "amd.com/gpu", "nodeSelector": {"pool": "mi300"}},
+                "training": {
+                    "image": "registry.example.com/team/trainer:1.4",
+                    "command": ["python", "train.py", "--config", "configs/llama 3b.yaml"],
+                    "args": ["--lr", "3e-4"],
+                    "env": [{"name": "PET_NNODES", "value": "99"}, {"name": "WANDB_MODE", "value": "offline"}],
+                },
+            }
+        ),
+    ),
+}
+
+
+def render_case(name: str) -> list[dict[str, Any]]:
+    plan, spec = CASES[name]
+    return render_children(plan, spec, OWNER)
+
+
+# --- golden files -------------------------------------------------------------------------------------------
+
+
+class _GoldenDumper(yaml.SafeDumper):
+    """Multi-line strings (the shell scripts) as literal blocks, so golden diffs read line by line; no anchors,
+    so every object reads in full (and shared sub-objects show up as a test failure, not as an alias)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_GoldenDumper.add_representer(str, _represent_str)
+
+
+def to_yaml(manifests: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(manifests, Dumper=_GoldenDumper, sort_keys=False, width=4096)
+
+
+def assert_golden(name: str, manifests: list[dict[str, Any]]) -> None:
+    """Compare with ``golden/render/<name>.yaml``; rewrite it instead when ``UPDATE_GOLDEN=1``."""
+    text = to_yaml(manifests)
+    path = GOLDEN_DIR / f"{name}.yaml"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    expected = path.read_text() if path.exists() else ""
+    if text != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True), text.splitlines(keepends=True), str(path), "rendered"
+            )
+        )
+        pytest.fail(
+            f"{name} differs from its golden file; run UPDATE_GOLDEN=1 pytest tests/unit/test_render.py\n{diff}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden(name: str) -> None:
+    manifests = render_case(name)
+    assert list(yaml.safe_load_all(to_yaml(manifests))) == manifests  # the golden YAML is faithful
+    assert_golden(name, manifests)
+
+
+# --- structure ----------------------------------------------------------------------------------------------
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item)
+
+
+_PRIMITIVES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bool,), "object": (str, int)}
+
+
+def assert_known_fields(value: Any, type_name: str, path: str) -> None:
+    """Every key is a field of the official client's model for it, recursively (the client's own
+    deserializer silently drops unknown keys, so misspelt fields would pass it)."""
+    if match := re.fullmatch(r"Optional\[(.+)\]", type_name):
+        assert_known_fields(value, match.group(1), path)
+    elif match := re.fullmatch(r"(?:List|list)\[(.+)\]", type_name):
+        assert isinstance(value, list), path
+        for index, item in enumerate(value):
+            assert_known_fields(item, match.group(1), f"{path}[{index}]")
+    elif match := re.fullmatch(r"(?:Dict\[str, (.+)\])|(?:dict\(str, (.+)\))", type_name):
+        assert isinstance(value, dict), path
+        for key, item in value.items():
+            assert_known_fields(item, match.group(1) or match.group(2), f"{path}.{key}")
+    elif type_name in _PRIMITIVES:
+        assert isinstance(value, _PRIMITIVES[type_name]), f"{path}: {value!r} is not {type_name}"
+    else:
+        model = getattr(client.models, type_name)
+        assert isinstance(value, dict), path
+        fields = {wire: attribute for attribute, wire in model.attribute_map.items()}
+        unknown = set(value) - set(fields)
+        assert not unknown, f"{path}: {type_name} has no field(s) {sorted(unknown)}"
+        for key, item in value.items():
+            assert_known_fields(item, model.openapi_types[fields[key]], f"{path}.{key}")
+
+
+def pod_templates(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m["spec"]["template"] for m in manifests if m["kind"] != "Service"]
+
+
+def main_container(manifest: dict[str, Any]) -> dict[str, Any]:
+    containers = manifest["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_manifest_is_a_valid_kubernetes_object(name: str) -> None:
+    api = client.ApiClient()
+    for manifest in render_case(name):
+        model = KIND_MODELS[manifest["kind"]]
+        assert_known_fields(manifest, model, manifest["kind"])
+        api._ApiClient__deserialize(manifest, model)  # type: ignore[attr-defined]  # required fields, enums
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_no_nulls_no_shared_objects_and_deterministic(name: str) -> None:
+    manifests = render_case(name)
+    assert all(value is not None for value in _walk(manifests))
+    containers = [v for v in _walk(manifests) if isinstance(v, dict | list)]
+    assert len({id(v) for v in containers}) == len(containers)  # editing one field never changes another
+    assert render_case(name) == manifests
+    names = [(m["kind"], m["metadata"]["name"]) for m in manifests]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_metadata_ties_children_to_the_owner_and_plan(name: str) -> None:
+    plan, _ = CASES[name]
+    for manifest in render_case(name):
+        meta = manifest["metadata"]
+        assert meta["namespace"] == OWNER.namespace
+        assert meta["name"].startswith(OWNER.name)
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "autoparallel.io/v1alpha1",
+                "kind": "ParallelDeployment",
+                "name": OWNER.name,
+                "uid": OWNER.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert meta["annotations"] == {ANNOTATION_PLAN_HASH: plan.plan_hash}
+        assert meta["labels"][LABEL_OWNER_UID] == OWNER.uid
+        assert meta["labels"][LABEL_MANAGED_BY] == "autoparallel"
+        assert meta["labels"]["app.kubernetes.io/instance"] == OWNER.name
+    for template in pod_templates(render_case(name)):
+        assert template["metadata"]["labels"][LABEL_OWNER_UID] == OWNER.uid
+    assert children_selector(OWNER) == f"app.kubernetes.io/managed-by=autoparallel,{LABEL_OWNER_UID}={OWNER.uid}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_workload_selectors_match_their_pod_templates(name: str) -> None:
+    manifests = render_case(name)
+    templates = pod_templates(manifests)
+    for manifest in manifests:
+        if manifest["kind"] in {"Deployment", "StatefulSet"}:
+            selector = manifest["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= manifest["spec"]["template"]["metadata"]["labels"].items()
+        if manifest["kind"] == "Service":  # selects some pod (pod-index is added by the StatefulSet controller)
+            selector = {k: v for k, v in manifest["spec"]["selector"].items() if k != "apps.kubernetes.io/pod-index"}
+            assert any(selector.items() <= t["metadata"]["labels"].items() for t in templates)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_pods_request_the_planned_gpus_on_the_planned_pool(name: str) -> None:
+    plan, spec = CASES[name]
+    gpu = spec.placement.gpu_resource
+    for manifest in render_case(name):
+        if manifest["kind"] == "Service":
+            continue
+        resources = main_container(manifest)["resources"]
+        assert resources["requests"][gpu] == resources["limits"][gpu] == str(plan.gpus_per_pod)
+        pod = manifest["spec"]["template"]["spec"]
+        assert pod["enableServiceLinks"] is False
+        assert {"key": gpu, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        selector = pod.get("nodeSelector", {})
+        assert spec.placement.node_selector.items() <= selector.items()
+        if plan.gpu_product:
+            assert selector[LABEL_PRODUCT] == plan.gpu_product
+        else:
+            assert LABEL_PRODUCT not in selector
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+
+
+# --- inference ----------------------------------------------------------------------------------------------
+
+
+def test_single_node_inference_is_a_deployment_of_dp_vllm_pods() -> None:
+    manifests = render_case("inference_single_node")
+    assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [("Service", "llama"), ("Deployment", "llama")]
+    deployment = by_kind(manifests, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    container = main_container(deployment)
+    command = container["command"]
+    assert command[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-70B-Instruct"]
+    assert command[command.index("--tensor-parallel-size") + 1] == "4"
+    assert command[command.index("--pipeline-parallel-size") + 1] == "1"
+    assert command[command.index("--max-model-len") + 1] == "8192"
+    assert command[command.index("--gpu-memory-utilization") + 1] == "0.92"
+    assert command[command.index("--revision") + 1] == "main"
+    assert "--dtype" not in command  # auto keeps vLLM's own choice
+    assert command[-3:] == ["--enable-prefix-caching", "--served-model-name", "llama-70b"]  # user args last
+    assert container["env"] == [
+        {"name": "HF_HOME", "value": "/cache/hf"},
+        {"name": "VLLM_LOGGING_LEVEL", "value": "INFO"},
+    ]
+    assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 600
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["tolerations"][1] == {
+        "key": "node.kubernetes.io/unreachable",
+        "operator": "Exists",
+        "effect": "NoExecute",
+        "tolerationSeconds": 300,
+    }
+    service = by_kind(manifests, "Service")[0]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+
+
+def test_moe_wide_expert_parallelism_runs_attention_data_parallel_in_one_pod() -> None:
+    deployment = by_kind(render_case("inference_moe_wide_ep"), "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 1
+    command = main_container(deployment)["command"]
+    assert command[command.index("--tensor-parallel-size") + 1] == "1"
+    flags = command[command.index("--enable-expert-parallel") :]
+    assert flags[:3] == ["--enable-expert-parallel", "--data-parallel-size", "4"]
+    assert "nodeSelector" not in deployment["spec"]["template"]["spec"]  # no product label, no user selector
+
+
+def test_multi_node_inference_is_a_ray_group_per_replica() -> None:
+    plan = _plan(Degrees(tensor=8, pipeline=2, data=2), gpus_per_pod=8, nodes_per_replica=2)
+    spec = CASES["inference_multi_node"][1]
+    manifests = render_children(plan, spec, OWNER)
+    assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [
+        ("Service", "llama"),
+        ("Service", "llama-r0"),
+        ("StatefulSet", "llama-r0"),
+        ("Service", "llama-r1"),
+        ("StatefulSet", "llama-r1"),
+    ]
+    endpoint = manifests[0]
+    assert endpoint["spec"]["selector"]["apps.kubernetes.io/pod-index"] == "0"
+    assert "autoparallel.io/replica" not in endpoint["spec"]["selector"]  # pod 0 of every replica
+    assert endpoint["spec"]["ports"][0]["port"] == 8080
+    for replica in (0, 1):
+        headless, statefulset = manifests[1 + 2 * replica], manifests[2 + 2 * replica]
+        assert headless["spec"]["clusterIP"] == "None"
+        assert headless["spec"]["publishNotReadyAddresses"] is True
+        assert statefulset["spec"]["serviceName"] == headless["metadata"]["name"]
+        assert statefulset["spec"]["replicas"] == 2
+        assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+        assert headless["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
+        assert statefulset["spec"]["selector"]["matchLabels"]["autoparallel.io/replica"] == str(replica)
+        script = main_container(statefulset)["command"][2]
+        assert f"--address=llama-r{replica}-0.llama-r{replica}.models.svc.cluster.local:6379" in script
+        assert "--distributed-executor-backend ray" in script
+        assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in script
+
+
+# --- the shell scripts, run against stand-in executables -----------------------------------------------------
+
+
+@pytest.fixture
+def fake_bin(tmp_path: Path) -> Path:
+    """A directory of stand-ins for ray, vllm, torchrun and python3 that log their argv to ``calls``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("ray", "vllm", "torchrun", "python3"):
+        stub = bin_dir / program
+        stub.write_text(f'#!/bin/sh\necho "{program} $*" >> "{tmp_path}/calls"\n')
+        stub.chmod(0o755)
+    return bin_dir
+
+
+def run_script(script: str, fake_bin: Path, env: dict[str, str]) -> list[str]:
+    sh = shutil.which("sh")
+    assert sh is not None
+    environment = {"PATH": f"{fake_bin}:/usr/bin:/bin", **env}
+    subprocess.run([sh, "-c", script], env=environment, check=True, timeout=30)
+    return (fake_bin.parent / "calls").read_text().splitlines()
+
+
+def test_group_pod_0_starts_the_ray_head_and_serves(fake_bin: Path) -> None:
+    plan, spec = CASES["inference_multi_node"]
+    calls = run_script(group_script(plan, spec, OWNER, 0), fake_bin, {"POD_NAME": "llama-r0-0"})
+    assert calls[0] == "ray start --head --port=6379"
+    assert calls[1].startswith("vllm serve meta-llama/Llama-3.1-405B --tensor-parallel-size 8")
+    assert len(calls) == 2
+
+
+def test_group_workers_wait_for_the_head_and_join_it(fake_bin: Path) -> None:
+    plan, spec = CASES["inference_multi_node"]
+    head = "llama-r0-0.llama-r0.models.svc.cluster.local:6379"
+    for pod in ("llama-r0-1", "llama-r0-10"):
+        (fake_bin.parent / "calls").unlink(missing_ok=True)
+        calls = run_script(group_script(plan, spec, OWNER, 0), fake_bin, {"POD_NAME": pod})
+        assert calls == [f"ray health-check --address={head}", f"ray start --address={head} --block"]
+
+
+def test_group_probe_checks_vllm_on_pod_0_only(fake_bin: Path) -> None:
+    statefulset = by_kind(render_case("inference_multi_node"), "StatefulSet")[0]
+    probe = main_container(statefulset)["readinessProbe"]["exec"]["command"]
+    assert run_script(probe[2], fake_bin, {"POD_NAME": "llama-r0-0"})[0].endswith("http://127.0.0.1:8080/health")
+    (fake_bin.parent / "calls").unlink()
+    (fake_bin.parent / "calls").touch()
+    assert run_script(probe[2], fake_bin, {"POD_NAME": "llama-r0-1"}) == []
+
+
+def test_training_script_expands_the_rendezvous_variables(fake_bin: Path) -> None:
+    plan, spec = CASES["training_two_pods"]
+    env = {"PET_NODE_RANK": "1", "PET_MASTER_ADDR": "llama-0.llama"}
+    [call] = run_script(training_script(plan, spec), fake_bin, env)
+    assert call.startswith(
+        "torchrun --nnodes=2 --nproc-per-node=8 --node-rank=1 --master-addr=llama-0.llama --master-port=29500 "
+        "-m autoparallel.parallel.train --tensor-parallel 2 --pipeline-parallel 2 --data-parallel 4 "
+    )
+    assert call.endswith("--micro-batches 8 --steps 1000 --log-every 10")
+
+
+def test_training_user_command_replaces_the_runtime(fake_bin: Path) -> None:
+    plan, spec = CASES["training_user_command"]
+    [call] = run_script(training_script(plan, spec), fake_bin, {"PET_NODE_RANK": "0", "PET_MASTER_ADDR": "m"})
+    assert call == (
+        "torchrun --nnodes=2 --nproc-per-node=4 --node-rank=0 --master-addr=m --master-port=29500 --no-python "
+        "python train.py --config configs/llama 3b.yaml --lr 3e-4"
+    )
+    assert torchrun_program_args(["python", "x.py"], 2, 4)[-3:] == ["--no-python", "python", "x.py"]
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "pods"), [("training_one_pod", 1), ("training_two_pods", 2)])
+def test_training_is_an_indexed_job_behind_a_headless_service(name: str, pods: int) -> None:
+    plan, _ = CASES[name]
+    manifests = render_case(name)
+    assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [("Service", "llama"), ("Job", "llama")]
+    service, job = manifests
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == pods
+    assert "selector" not in job["spec"]  # the Job controller generates it
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"]
+    assert pod["restartPolicy"] == "Never"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in main_container(job)["env"]}
+    assert env["PET_NNODES"] == str(pods)
+    assert env["PET_NPROC_PER_NODE"] == str(plan.gpus_per_pod)
+    assert env["PET_NODE_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
+    assert env["PET_MASTER_ADDR"] == "llama-0.llama"
+    assert env["PET_MASTER_PORT"] == str(TORCHRUN_MASTER_PORT)
+    assert env["AUTOPARALLEL_TENSOR_PARALLEL"] == str(plan.degrees.tensor)
+    assert env["AUTOPARALLEL_PIPELINE_PARALLEL"] == str(plan.degrees.pipeline)
+    assert env["AUTOPARALLEL_DATA_PARALLEL"] == str(plan.degrees.data)
+    assert main_container(job)["command"][:2] == ["/bin/sh", "-c"]
+
+
+def test_user_env_cannot_override_the_rendezvous() -> None:
+    job = by_kind(render_case("training_user_command"), "Job")[0]
+    env = main_container(job)["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names))  # server-side apply merges env by name
+    assert {"name": "PET_NNODES", "value": "2"} in env
+    assert env[-1] == {"name": "WANDB_MODE", "value": "offline"}
+    assert main_container(job)["image"] == "registry.example.com/team/trainer:1.4"
