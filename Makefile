@@ -38,9 +38,10 @@ test: lint  ## lint, types, then every test (unit + the real local control plane
 test-unit: install  ## the pure tests only (no cluster)
 	$(PYTHON) -m pytest tests/unit
 
-bench: install  ## planner speed (p50/p99 per catalog model) and the calibration error table
+bench: install  ## planner speed per catalog model, calibration error table, operator scale (200 PDs on 100 nodes)
 	$(PYTHON) -m bench.planner
 	$(PYTHON) -m bench.calibration
+	$(PYTHON) -m bench.operator 200 100
 
 cluster-build:  ## build the local control plane binaries once (cached under ~/.cache/autoparallel)
 	hack/build-control-plane.sh

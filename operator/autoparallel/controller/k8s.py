@@ -121,17 +121,21 @@ def _delete_stale(apis: dict[str, _KindApi], namespace: str, owner_uid: str, kee
     return deleted
 
 
-def _sync(manifests: list[dict[str, Any]], namespace: str, owner_uid: str) -> list[str]:
+def _sync(manifests: list[dict[str, Any]], namespace: str, owner_uid: str, prune: bool) -> list[str]:
     apis = _apis()
     for manifest in manifests:
         _apply_one(apis, manifest)
+    if not prune:
+        return []
     keep = {(m["kind"], m["metadata"]["name"]) for m in manifests}
     return _delete_stale(apis, namespace, owner_uid, keep)
 
 
-async def sync_children(manifests: Iterable[dict[str, Any]], namespace: str, owner_uid: str) -> list[str]:
-    """Apply ``manifests`` and delete the owner's other children; returns what was deleted."""
-    return await asyncio.to_thread(_sync, list(manifests), namespace, owner_uid)
+async def sync_children(
+    manifests: Iterable[dict[str, Any]], namespace: str, owner_uid: str, prune: bool = True
+) -> list[str]:
+    """Apply ``manifests`` and, with ``prune``, delete the owner's other children; returns what was deleted."""
+    return await asyncio.to_thread(_sync, list(manifests), namespace, owner_uid, prune)
 
 
 def _patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:

@@ -150,7 +150,7 @@ def plan_deployment(spec: ParallelDeploymentSpec, inventory: Inventory) -> PlanR
             f"no schedulable node offers {spec.placement.gpu_resource} matching spec.placement.nodeSelector "
             f"{spec.placement.node_selector or '{}'}{skipped}; add GPU nodes or relax the selector",
         )
-    model: Any = spec.model.config if spec.model.config else spec.model.name
+    model: Any = {**spec.model.config, "_name_or_path": spec.model.name} if spec.model.config else spec.model.name
     try:
         configs = analyze(
             model,

@@ -194,8 +194,10 @@ async def _apply(result: PlanResult, spec: ParallelDeploymentSpec, body: kopf.Bo
     current = {(c.kind, c.name) for c in snapshot.children if c.plan_hash == result.plan.plan_hash}
     if manifests and workloads <= current and not any(c.plan_hash != result.plan.plan_hash for c in snapshot.children):
         return []  # the children of this exact plan exist: nothing to write
+    # Children of earlier plans (or of another kind) can only exist when the index has seen workloads.
+    prune = bool(snapshot.children)
     try:
-        return await k8s.sync_children(manifests, owner.namespace, owner.uid)
+        return await k8s.sync_children(manifests, owner.namespace, owner.uid, prune)
     except k8s.ChildReplacing as waiting:
         raise kopf.TemporaryError(str(waiting), delay=REPLACE_RETRY_SECONDS) from waiting
     except ApiException as error:

@@ -170,8 +170,9 @@ def _from_transformers(model: str) -> ResolvedModel:
 def resolve_model(model: str | Path | Mapping[str, Any]) -> ResolvedModel:
     """Resolve a model id, a path to a config.json (or its folder), or an inline config dict."""
     if isinstance(model, Mapping):
-        name = str(model.get("_name_or_path") or model.get("name") or "inline-config")
-        return _from_json_text(json.dumps(model, sort_keys=True), name)
+        name = str(model.get("_name_or_path") or "inline-config")
+        config = {k: v for k, v in model.items() if k != "_name_or_path"}
+        return _from_json_text(json.dumps(config, sort_keys=True), name)
     if not isinstance(model, str | Path) or not str(model).strip():
         raise ModelNotFoundError(f"model: expected a model id, a path or a config dict, got {model!r}")
     path = Path(model).expanduser()

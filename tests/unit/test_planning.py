@@ -1,0 +1,81 @@
+"""From a spec and an inventory to a plan or a precise failure (what the operator writes into status)."""
+
+from autoparallel.controller.inventory import NodeGPUs, build_inventory
+from autoparallel.controller.models import ParallelDeploymentSpec
+from autoparallel.controller.planning import PlanFailure, PlanResult, plan_deployment, planner_options
+
+H100 = (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)
+
+
+def h100_nodes(count: int) -> list[NodeGPUs]:
+    return [
+        NodeGPUs(f"h{i}", "NVIDIA-H100-80GB-HBM3", 81559, (("nvidia.com/gpu", 8),), H100, True) for i in range(count)
+    ]
+
+
+def spec(**fields: object) -> ParallelDeploymentSpec:
+    return ParallelDeploymentSpec.model_validate({"model": {"name": "meta-llama/Llama-3.1-70B"}, **fields})
+
+
+def test_a_plan_carries_everything_the_status_and_renderers_need() -> None:
+    result = plan_deployment(
+        spec(workload={"sequenceLength": 8192, "batchSize": 64}), build_inventory(h100_nodes(2), [])
+    )
+    assert isinstance(result, PlanResult)
+    status, plan = result.status, result.plan
+    assert status.gpus == plan.degrees.total_gpus and status.gpu_type == "H100-80GB"
+    assert plan.gpu_product == "NVIDIA-H100-80GB-HBM3"
+    memory = status.memory_per_gpu
+    parts = memory.weights + memory.kv_cache + memory.activations + memory.overhead
+    assert abs(memory.total - parts) < 32 * 2**20  # the parts are rounded to 0.01 GiB each
+    assert status.memory_per_gpu.summary.endswith("/79.2 GiB")
+    assert status.command.startswith("vllm serve meta-llama/Llama-3.1-70B")
+    assert status.hash == plan.plan_hash and len(result.candidates) >= 1
+
+
+def test_the_plan_hash_is_deterministic_and_follows_the_spec() -> None:
+    inventory = build_inventory(h100_nodes(2), [])
+    first, again = plan_deployment(spec(), inventory), plan_deployment(spec(), inventory)
+    other = plan_deployment(spec(workload={"sequenceLength": 2048}), inventory)
+    assert isinstance(first, PlanResult) and isinstance(again, PlanResult) and isinstance(other, PlanResult)
+    assert first.plan.plan_hash == again.plan.plan_hash != other.plan.plan_hash
+
+
+def test_failures_have_reasons() -> None:
+    inventory = build_inventory(h100_nodes(1), [])
+    unknown = plan_deployment(spec(model={"name": "nobody/nothing"}), inventory)
+    assert isinstance(unknown, PlanFailure) and unknown.reason == "ModelNotFound"
+    too_big = plan_deployment(spec(model={"name": "meta-llama/Llama-3.1-405B"}), inventory)
+    assert isinstance(too_big, PlanFailure) and too_big.reason == "InsufficientGPUs"
+    assert "smallest cluster that fits" in too_big.message
+    nothing = plan_deployment(spec(), build_inventory([], []))
+    assert isinstance(nothing, PlanFailure) and nothing.reason == "InsufficientGPUs"
+    assert "spec.placement.nodeSelector" in nothing.message
+    too_long = plan_deployment(spec(workload={"sequenceLength": 1_000_000}), inventory)
+    assert isinstance(too_long, PlanFailure) and too_long.reason == "InvalidSpec"
+
+
+def test_inline_config_is_planned_without_the_catalog() -> None:
+    config = {
+        "model_type": "gpt2",
+        "n_embd": 768,
+        "n_head": 12,
+        "n_layer": 12,
+        "n_positions": 1024,
+        "vocab_size": 50257,
+    }
+    result = plan_deployment(
+        spec(model={"name": "my-org/private-gpt", "config": config}, workload={"sequenceLength": 1024}),
+        build_inventory(h100_nodes(1), []),
+    )
+    assert isinstance(result, PlanResult)
+    assert "vllm serve my-org/private-gpt" in result.status.command
+
+
+def test_planner_options_follow_the_spec() -> None:
+    options = planner_options(
+        spec(objective="maximize_batch", parallelism={"tensor": 4}, serving={"gpuMemoryUtilization": "0.85"})
+    )
+    assert options["objective"] == "maximize_batch" and options["tensor_parallel"] == 4
+    assert options["gpu_memory_utilization"] == 0.85
+    assert "pipeline_parallel" not in options
