@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoparallel.controller.run import add_parser as add_operator_parser
+from autoparallel.parallel.cli import add_parser as add_tp_analyze_parser
 from autoparallel.planner import (
     AutoParallelError,
     InsufficientMemoryError,
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.add_argument("--json", action="store_true")
     gpus.set_defaults(handler=_gpus)
     add_operator_parser(commands)
+    add_tp_analyze_parser(commands)
     return parser
 
 

@@ -1,0 +1,53 @@
+"""Distributed checkpoints (``torch.distributed.checkpoint``): one directory per saved step.
+
+Every tensor is saved under the full model's parameter name with its global shape, whatever the rank holds
+(a DTensor shard, a pipeline stage's layers, a replica), so a checkpoint loads under other TP/PP/DP degrees.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+from autoparallel.parallel.train.optim import MasterAdamW
+
+STEP_DIR = "step-{step:08d}"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+METADATA_FILE = ".metadata"
+"""Written by DCP once every rank has saved: a directory without it is an interrupted save."""
+
+
+def _state(optimizer: MasterAdamW, step: int) -> dict[str, Any]:
+    return {**optimizer.state_dict(), "step": torch.tensor(step), "rng": torch.get_rng_state()}
+
+
+def save(directory: str, step: int, optimizer: MasterAdamW) -> Path:
+    """Save the model, optimizer, step and RNG of ``step`` (collective: every rank calls it)."""
+    path = Path(directory) / STEP_DIR.format(step=step)
+    dcp_save(_state(optimizer, step), checkpoint_id=str(path))
+    return path
+
+
+def latest(directory: str) -> Path | None:
+    """The newest complete checkpoint under ``directory``."""
+    root = Path(directory)
+    steps = [
+        (int(match.group(1)), child)
+        for child in (root.iterdir() if root.is_dir() else [])
+        if (match := _STEP_DIR.match(child.name)) and (child / METADATA_FILE).is_file()
+    ]
+    return max(steps)[1] if steps else None
+
+
+def load(path: Path, optimizer: MasterAdamW) -> int:
+    """Restore model, optimizer and RNG from ``path`` in place; returns the step it was saved at."""
+    state = _state(optimizer, 0)
+    dcp_load(state, checkpoint_id=str(path))
+    optimizer.after_load()
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])

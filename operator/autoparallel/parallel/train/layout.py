@@ -1,0 +1,102 @@
+"""Where each rank sits and what it holds: the (dp, pp, tp) mesh, the pipeline stage, tensor-parallel shards."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from autoparallel.parallel.train.config import ConfigError, TrainConfig
+from autoparallel.parallel.train.model import TinyGPT
+from autoparallel.planner.inference import pipeline_partition
+
+MESH_DIMS = ("dp", "pp", "tp")
+"""Outermost to innermost: tensor-parallel ranks are neighbours (one node, the fastest links), then stages."""
+
+
+@dataclass(frozen=True)
+class Coordinates:
+    """This rank's place in the mesh."""
+
+    dp_rank: int
+    pp_rank: int
+    tp_rank: int
+
+    def is_last_stage(self, config: TrainConfig) -> bool:
+        return self.pp_rank == config.pipeline_parallel - 1
+
+
+def build_mesh(config: TrainConfig, device_type: str, world_size: int) -> tuple[DeviceMesh, Coordinates]:
+    """The 3-D device mesh of the planned degrees; :class:`ConfigError` when they do not fit ``world_size``."""
+    config.validate(world_size)
+    mesh = init_device_mesh(
+        device_type,
+        (config.data_parallel, config.pipeline_parallel, config.tensor_parallel),
+        mesh_dim_names=MESH_DIMS,
+    )
+    return mesh, Coordinates(*(mesh.get_local_rank(dim) for dim in MESH_DIMS))
+
+
+def layer_range(num_layers: int, stage: int, num_stages: int) -> range:
+    """Layers of ``stage``, split as the planner's memory model splits them."""
+    sizes = pipeline_partition(num_layers, num_stages)
+    first = sum(sizes[:stage])
+    return range(first, first + sizes[stage])
+
+
+def keep_stage(model: nn.Module, stage: int, num_stages: int) -> nn.Module:
+    """Delete what other pipeline stages hold; parameter names stay those of the full model."""
+    if not isinstance(model, TinyGPT):
+        raise ConfigError("pipeline parallelism splits the built-in tiny-gpt only; use --pipeline-parallel 1")
+    kept = layer_range(model.config.num_layers, stage, num_stages)
+    for name in [name for name in model.layers if int(name) not in kept]:
+        del model.layers[name]
+    if stage > 0:
+        model.embed_tokens = None
+    if stage < num_stages - 1:
+        model.norm = None
+        model.lm_head = None
+    return model
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
+    """Megatron pairs of the tiny GPT on ``tp_mesh``: q/k/v and gate/up column-wise, o and down row-wise (one
+    all-reduce per pair), the embedding split over the vocabulary and the head over its outputs.
+
+    The one place that knows the tiny GPT's plan; ``autoparallel.parallel.convert_to_tp`` (derived from any
+    model's structure) can replace it once it splits the embedding and head the same way."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
+
+    if not isinstance(model, TinyGPT):
+        convert_to_tp = getattr(importlib.import_module("autoparallel.parallel"), "convert_to_tp", None)
+        if convert_to_tp is None:
+            raise ConfigError("tensor parallelism of transformers models needs autoparallel.parallel.convert_to_tp")
+        converted: nn.Module = convert_to_tp(model, tp_mesh)
+        return converted
+    plan: dict[str, ParallelStyle] = {}
+    for name in model.layers:
+        prefix = f"layers.{name}"
+        for column in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
+            plan[f"{prefix}.{column}"] = ColwiseParallel()
+        for row in ("self_attn.o_proj", "mlp.down_proj"):
+            plan[f"{prefix}.{row}"] = RowwiseParallel()
+    if model.embed_tokens is not None:
+        plan["embed_tokens"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
+    if model.lm_head is not None:
+        plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
+    parallelize_module(model, tp_mesh, plan)
+    return model
+
+
+def pick_device() -> torch.device:
+    """The local GPU under torchrun when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")

@@ -1,0 +1,178 @@
+"""The training loop: build the layout, then forward/backward over micro-batches, reduce, step, log, save."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from autoparallel.parallel.train import checkpoint
+from autoparallel.parallel.train.config import TrainConfig
+from autoparallel.parallel.train.data import Batch, TokenSource
+from autoparallel.parallel.train.layout import (
+    Coordinates,
+    apply_tensor_parallel,
+    build_mesh,
+    keep_stage,
+    pick_device,
+)
+from autoparallel.parallel.train.metrics import MetricsWriter, StepMetrics, logger
+from autoparallel.parallel.train.model import build_model
+from autoparallel.parallel.train.optim import MasterAdamW
+
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)
+"""Collective timeout: long enough for a slow first step (compilation, checkpoint loads) on big models."""
+_RSS_UNIT = 1 if sys.platform == "darwin" else 1024
+"""``ru_maxrss`` is in bytes on macOS and in KiB on Linux."""
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy, computed in fp32."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+@dataclass
+class Trainer:
+    """One rank's share of a run, built by :func:`build_trainer`."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: MasterAdamW
+    source: TokenSource
+    coordinates: Coordinates
+    dp_group: dist.ProcessGroup | None
+    device: torch.device
+    schedule: object | None
+    """The 1F1B schedule when there is more than one pipeline stage."""
+
+    def forward_backward(self, batch: Batch) -> torch.Tensor:
+        """Accumulate one optimizer step's gradients; returns the step's mean loss on the last stage (else 0)."""
+        config, k = self.config, self.config.micro_batches
+        inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+        if self.schedule is None:
+            total = torch.zeros((), device=self.device)
+            for micro_inputs, micro_targets in zip(inputs.chunk(k), targets.chunk(k), strict=True):
+                loss = causal_lm_loss(self.model(micro_inputs), micro_targets) / k
+                torch.autograd.backward(loss)
+                total += loss.detach()
+            return total
+        losses: list[torch.Tensor] = []
+        step = getattr(self.schedule, "step")  # noqa: B009  (typed loosely: pipelining has no stubs)
+        if self.coordinates.pp_rank == 0:
+            step(inputs)
+        elif self.coordinates.is_last_stage(config):
+            step(target=targets, losses=losses)
+        else:
+            step()
+        if not losses:
+            return torch.zeros((), device=self.device)
+        return torch.stack([loss.detach().float() for loss in losses]).mean()
+
+    def global_loss(self, local: torch.Tensor) -> float:
+        """The step's loss averaged over data-parallel replicas (read from one TP rank of the last stage)."""
+        reporter = self.coordinates.is_last_stage(self.config) and self.coordinates.tp_rank == 0
+        value = (local.detach().float() if reporter else torch.zeros((), device=self.device)).reshape(1)
+        if dist.get_world_size() > 1:
+            dist.all_reduce(value)
+        return float(value.item()) / self.config.data_parallel
+
+    def train_step(self, step: int) -> float:
+        batch = self.source.rank_batch(step, self.coordinates.dp_rank, self.config.data_parallel)
+        local = self.forward_backward(batch)
+        self.optimizer.reduce_gradients(self.dp_group, self.config.data_parallel)
+        self.optimizer.step()
+        return self.global_loss(local)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """The accelerator's peak allocation, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
+
+
+def peaks_per_rank(device: torch.device) -> tuple[int, ...]:
+    local = torch.tensor([peak_memory_bytes(device)], dtype=torch.int64, device=device)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return tuple(int(t.item()) for t in gathered)
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join torchrun's process group, or a one-process group when started without torchrun."""
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "RANK" in os.environ:
+        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    else:
+        from torch._C._distributed_c10d import HashStore
+
+        dist.init_process_group(backend, store=HashStore(), rank=0, world_size=1)
+
+
+def build_trainer(config: TrainConfig) -> Trainer:
+    device = pick_device()
+    init_distributed(device)
+    mesh, coordinates = build_mesh(config, device.type, dist.get_world_size())
+    model, vocab_size = build_model(config.model, config.seed, config.tiny)
+    if config.pipeline_parallel > 1:
+        model = keep_stage(model, coordinates.pp_rank, config.pipeline_parallel)
+    model.to(device)
+    if config.tensor_parallel > 1:
+        model = apply_tensor_parallel(model, mesh["tp"])
+    optimizer = MasterAdamW(model, config.precision, config.lr, config.weight_decay)
+    schedule = None
+    if config.pipeline_parallel > 1:
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+
+        stage = PipelineStage(
+            model, coordinates.pp_rank, config.pipeline_parallel, device, group=mesh["pp"].get_group()
+        )
+        schedule = Schedule1F1B(stage, n_microbatches=config.micro_batches, loss_fn=causal_lm_loss)
+    source = TokenSource(config.data, vocab_size, config.seq_len, config.global_batch_size, config.seed)
+    dp_group = mesh["dp"].get_group() if config.data_parallel > 1 else None
+    return Trainer(config, model, optimizer, source, coordinates, dp_group, device, schedule)
+
+
+def train(config: TrainConfig) -> list[StepMetrics]:
+    """Run (or resume) ``config`` to ``config.steps``; returns rank 0's metrics of each step run."""
+    trainer = build_trainer(config)
+    start = 0
+    if config.resume:
+        if not config.checkpoint_dir:
+            raise ValueError("--resume needs --checkpoint-dir")
+        path = checkpoint.latest(config.checkpoint_dir)
+        if path is not None:
+            start = checkpoint.load(path, trainer.optimizer)
+            logger.info("resumed from %s at step %d", path, start)
+    is_writer = dist.get_rank() == 0
+    history: list[StepMetrics] = []
+    tokens_per_step = config.global_batch_size * config.seq_len
+    with MetricsWriter(
+        config.metrics_jsonl if is_writer else None,
+        config.metrics_csv if is_writer else None,
+        config.tensorboard_dir if is_writer else None,
+        json_stdout=config.log_json and is_writer,
+    ) as writer:
+        for step in range(start, config.steps):
+            began = time.perf_counter()
+            loss = trainer.train_step(step)
+            seconds = time.perf_counter() - began
+            peaks = peaks_per_rank(trainer.device)
+            metrics = StepMetrics(step + 1, loss, tokens_per_step / seconds, seconds, max(peaks), peaks)
+            history.append(metrics)
+            if is_writer:
+                writer.write(metrics)
+            due = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
+            if config.checkpoint_dir and (due or step + 1 == config.steps):
+                checkpoint.save(config.checkpoint_dir, step + 1, trainer.optimizer)
+    return history

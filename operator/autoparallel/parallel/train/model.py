@@ -1,0 +1,183 @@
+"""The models the runtime trains: a tiny Llama-style GPT, and any transformers causal LM built from a config.
+
+The tiny GPT keeps its decoder layers in an ``nn.ModuleDict`` keyed by layer index, and lets the embedding,
+final norm and head be ``None``: a pipeline stage is the full model with the other stages' parts deleted, so
+every parameter keeps its fully qualified name under any layout and checkpoints load across layouts.
+Its layout is Llama's (RMSNorm, rotary positions, q/k/v/o without bias, SwiGLU gate/up/down, untied head), so
+the planner's analytic Llama shape counts its parameters exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TINY_GPT = "tiny-gpt"
+"""The built-in model name accepted by ``--model``."""
+ROPE_THETA = 10000.0
+"""Rotary base frequency (Llama's)."""
+INIT_STD = 0.02
+"""Normal init standard deviation of every weight matrix (GPT-2's)."""
+
+
+@dataclass(frozen=True)
+class TinyGPTConfig:
+    """Shape of the tiny GPT."""
+
+    vocab_size: int = 128
+    hidden_size: int = 32
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 64
+    max_seq_len: int = 256
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden size ({self.hidden_size}) must be divisible by the number of heads ({self.num_heads})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def rotary_tables(seq_len: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (seq, head_dim), Llama's half-split layout."""
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class Attention(nn.Module):
+    """Causal self-attention. Head counts are read from the projections' output width, so a column-sharded
+    q/k/v (tensor parallel) runs with its local heads unchanged."""
+
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        h = config.hidden_size
+        self.q_proj = nn.Linear(h, h, bias=False)
+        self.k_proj = nn.Linear(h, h, bias=False)
+        self.v_proj = nn.Linear(h, h, bias=False)
+        self.o_proj = nn.Linear(h, h, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        cos, sin = rotary_tables(seq, self.head_dim, x.dtype)
+        q, k, v = (
+            proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        out = F.scaled_dot_product_attention(_rotate(q, cos, sin), _rotate(k, cos, sin), v, is_causal=True)
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+        return projected
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return out
+
+
+class Block(nn.Module):
+    """Pre-norm decoder layer."""
+
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x))
+        out: torch.Tensor = x + self.mlp(self.post_attention_layernorm(x))
+        return out
+
+
+class TinyGPT(nn.Module):
+    """Token ids (batch, seq) in, logits (batch, seq, vocab) out; a pipeline stage maps hidden states instead
+    when it lacks the embedding or the head."""
+
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens: nn.Embedding | None = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleDict({str(i): Block(config) for i in range(config.num_layers)})
+        self.norm: nn.RMSNorm | None = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.lm_head: nn.Linear | None = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        for name, param in self.named_parameters():
+            if param.dim() == 2:
+                nn.init.normal_(param, std=INIT_STD)
+            elif not name.endswith("weight"):
+                nn.init.zeros_(param)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed_tokens is not None:
+            x = self.embed_tokens(x)
+        for layer in self.layers.values():
+            x = layer(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.lm_head is not None:
+            x = self.lm_head(x)
+        return x
+
+
+class CausalLMLogits(nn.Module):
+    """A transformers causal LM returning plain logits, so the runtime treats it like the tiny GPT."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(input_ids=input_ids, use_cache=False).logits
+        return logits
+
+
+def load_transformers_config(name: str) -> Any:
+    """A transformers config from a ``config.json`` path, a directory holding one, or a hub id (offline cache)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    path = Path(name)
+    if path.is_file():
+        config_dict, _ = PretrainedConfig.get_config_dict(str(path))
+        model_type = config_dict.pop("model_type")
+        return AutoConfig.for_model(model_type, **config_dict)
+    return AutoConfig.from_pretrained(name)
+
+
+def build_model(name: str, seed: int, tiny: TinyGPTConfig | None = None) -> tuple[nn.Module, int]:
+    """The full model, initialised identically on every rank from ``seed``, and its vocabulary size."""
+    torch.manual_seed(seed)
+    if name == TINY_GPT:
+        config = tiny or TinyGPTConfig()
+        return TinyGPT(config), config.vocab_size
+    from transformers import AutoModelForCausalLM
+
+    hf_config = load_transformers_config(name)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    return CausalLMLogits(model), int(hf_config.vocab_size)
