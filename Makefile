@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 # Tests and the demo never reach the Hugging Face Hub: catalog ids resolve offline, others fail at once.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install demo crds test test-unit test-cluster lint bench cluster-build cluster-up cluster-down kubeconfig kind-up
+.PHONY: helm chart-lint help install demo crds test test-unit test-cluster lint bench cluster-build cluster-up cluster-down kubeconfig kind-up
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,13 @@ cluster-up:  ## start the local control plane with simulated GPU nodes (idempote
 
 cluster-down:  ## stop the local control plane and remove its state
 	hack/cluster-down.sh
+
+helm:  ## build the helm CLI once from the Go module proxy (cached under ~/.cache/autoparallel/bin)
+	hack/build-helm.sh
+
+chart-lint: install  ## helm lint --strict, chart golden files, Argo CD health check and Dockerfile tests
+	$$(hack/build-helm.sh --print-path) lint --strict charts/autoparallel-operator
+	$(PYTHON) -m pytest tests/unit/test_chart.py tests/unit/test_argocd_health.py tests/unit/test_dockerfile.py
 
 kubeconfig:  ## print the path of the local cluster's kubeconfig
 	@hack/cluster-up.sh --print-kubeconfig-path

@@ -1,5 +1,8 @@
 """From a spec and an inventory to a plan or a precise failure (what the operator writes into status)."""
 
+import pytest
+
+from autoparallel.controller.config import OperatorConfig
 from autoparallel.controller.inventory import NodeGPUs, build_inventory
 from autoparallel.controller.models import ParallelDeploymentSpec
 from autoparallel.controller.planning import PlanFailure, PlanResult, plan_deployment, planner_options
@@ -79,3 +82,22 @@ def test_planner_options_follow_the_spec() -> None:
     assert options["objective"] == "maximize_batch" and options["tensor_parallel"] == 4
     assert options["gpu_memory_utilization"] == 0.85
     assert "pipeline_parallel" not in options
+
+
+def test_operator_gpu_prices_steer_minimize_cost() -> None:
+    l4 = [NodeGPUs(f"l{i}", "NVIDIA-L4", 23034, (("nvidia.com/gpu", 4),), (), True) for i in range(2)]
+    inventory = build_inventory([*h100_nodes(1), *l4], [])
+    cheap_spec = spec(model={"name": "meta-llama/Meta-Llama-3.1-8B"}, objective="minimize_cost")
+    default = plan_deployment(cheap_spec, inventory)
+    priced = plan_deployment(cheap_spec, inventory, OperatorConfig(gpu_prices='{"L4": 50}').prices())
+    assert isinstance(default, PlanResult) and isinstance(priced, PlanResult)
+    assert default.status.gpu_type == "L4" and priced.status.gpu_type == "H100-80GB"
+
+
+def test_operator_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOPARALLEL_RESYNC_SECONDS", "2.5")
+    monkeypatch.setenv("AUTOPARALLEL_GPU_PRICES", '{"H100-80GB": 3}')
+    config = OperatorConfig.from_env()
+    assert config.resync_seconds == 2.5 and config.prices() == {"H100-80GB": 3.0}
+    with pytest.raises(ValueError, match="gpu_prices"):
+        OperatorConfig(gpu_prices='["H100"]').prices()

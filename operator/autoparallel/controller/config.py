@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 
@@ -20,6 +21,15 @@ class OperatorConfig:
     """``plain`` or ``json``."""
     liveness_port: int = 8081
     """Port of kopf's liveness probe ``/healthz`` (0 disables it)."""
+    gpu_prices: str = "{}"
+    """JSON object of USD per GPU-hour by GPU name (``{"H100-80GB": 4.0}``), for the minimize_cost objective."""
+
+    def prices(self) -> dict[str, float]:
+        """The parsed ``gpu_prices``; a malformed value is a configuration error of the operator itself."""
+        parsed = json.loads(self.gpu_prices)
+        if not isinstance(parsed, dict) or not all(isinstance(v, int | float) for v in parsed.values()):
+            raise ValueError(f"gpu_prices: expected a JSON object of numbers, got {self.gpu_prices!r}")
+        return {str(k): float(v) for k, v in parsed.items()}
 
     @classmethod
     def from_env(cls) -> OperatorConfig:

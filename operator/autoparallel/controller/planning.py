@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,8 +142,11 @@ def _gpus_per_pod(config: dict[str, Any], gpus_per_node: int) -> int:
     return int(config["gpus_per_replica"])
 
 
-def plan_deployment(spec: ParallelDeploymentSpec, inventory: Inventory) -> PlanResult | PlanFailure:
-    """Plan ``spec`` on ``inventory``; never raises for bad input, it returns the failure instead."""
+def plan_deployment(
+    spec: ParallelDeploymentSpec, inventory: Inventory, prices: Mapping[str, float] | None = None
+) -> PlanResult | PlanFailure:
+    """Plan ``spec`` on ``inventory`` (``prices``: USD per GPU-hour overrides); never raises for bad input, it
+    returns the failure instead."""
     if not inventory.pools:
         skipped = f" ({'; '.join(inventory.skipped)})" if inventory.skipped else ""
         return PlanFailure(
@@ -159,6 +163,7 @@ def plan_deployment(spec: ParallelDeploymentSpec, inventory: Inventory) -> PlanR
             spec.workload.batch_size,
             CANDIDATES,
             **planner_options(spec),
+            **({"prices": dict(prices)} if prices else {}),
         )
     except ModelNotFoundError as error:
         return PlanFailure("ModelNotFound", f"spec.model.name: {error}; or give spec.model.config inline")

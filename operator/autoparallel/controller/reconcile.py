@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from autoparallel.controller import k8s, metrics
+from autoparallel.controller.config import OperatorConfig
 from autoparallel.controller.inventory import LABEL_OWNER_UID, Inventory, NodeGPUs, PodGPUs, build_inventory
 from autoparallel.controller.models import (
     ConditionStatus,
@@ -45,6 +46,8 @@ from autoparallel.controller.status import (
 from autoparallel.planner.search import placement
 
 REPLACE_RETRY_SECONDS = 2
+PRICES = OperatorConfig.from_env().prices()
+"""GPU price overrides of this operator (``--gpu-prices`` / ``AUTOPARALLEL_GPU_PRICES``)."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,7 @@ async def _plan_and_apply(
         return
     inventory = _inventory(spec, snapshot, meta["uid"])
     started = time.perf_counter()
-    outcome = plan_deployment(spec, inventory)
+    outcome = plan_deployment(spec, inventory, PRICES)
     metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
     if isinstance(outcome, PlanFailure):
         new = _failure_status(old, outcome, generation, timestamp)

@@ -16,7 +16,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     scope = run.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
-    defaults = OperatorConfig()
+    defaults = OperatorConfig.from_env()  # AUTOPARALLEL_* variables set the defaults, flags override them
     for field in fields(OperatorConfig):
         flag = "--" + field.name.replace("_", "-")
         value = getattr(defaults, field.name)
