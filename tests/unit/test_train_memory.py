@@ -44,7 +44,7 @@ def test_model_states_and_activations_match_the_planner() -> None:
     inputs = torch.randint(0, config.vocab_size, (MICRO_BATCH, SEQ_LEN))
     targets = torch.randint(0, config.vocab_size, (MICRO_BATCH, SEQ_LEN))
     activations = saved_activation_bytes(model, lambda: causal_lm_loss(model(inputs), targets))
-    optimizer.reduce_gradients(None, 1)
+    optimizer.collect_gradients()
     measured = optimizer.state_bytes()
 
     shape = analytic_shape(_llama_equivalent(config))

@@ -1,9 +1,9 @@
 """Training runtime of the operator's training pods: data × tensor × pipeline parallelism on torch.distributed.
 
 ``python -m autoparallel.parallel.train`` (under torchrun) builds a (dp, pp, tp) device mesh, a tiny GPT or a
-transformers causal LM, splits it into pipeline stages (1F1B) and tensor-parallel shards (DTensor), averages
-gradients over data-parallel replicas after gradient accumulation, and saves resharding checkpoints
-(``torch.distributed.checkpoint``). See ``docs/training.md``.
+transformers causal LM, splits it into pipeline stages (1F1B) and tensor-parallel shards (DTensor), shards it
+over the data-parallel ranks with FSDP2 (``fully_shard``, gradients reduce-scattered after gradient accumulation),
+and saves resharding checkpoints (``torch.distributed.checkpoint``). See ``docs/training.md``.
 """
 
 from autoparallel.parallel.train.config import ConfigError, TrainConfig, load_config

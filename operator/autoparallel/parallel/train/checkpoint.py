@@ -1,7 +1,10 @@
 """Distributed checkpoints (``torch.distributed.checkpoint``): one directory per saved step.
 
-Every tensor is saved under the full model's parameter name with its global shape, whatever the rank holds
-(a DTensor shard, a pipeline stage's layers, a replica), so a checkpoint loads under other TP/PP/DP degrees.
+The model and optimizer state come from ``torch.distributed.checkpoint.state_dict.get_state_dict`` on the fp32
+masters, with the optimizer state flattened (``state.<name>.exp_avg``, ``param_groups.<name>.lr``): every
+tensor is saved under the full model's parameter name with its global shape, whatever the rank holds (an FSDP2
+shard over the data-parallel ranks, a DTensor tensor-parallel shard, a pipeline stage's layers), so a
+checkpoint loads under other TP/PP/DP degrees, and ``set_state_dict`` puts it back into the local shards.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
@@ -20,10 +24,14 @@ STEP_DIR = "step-{step:08d}"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 METADATA_FILE = ".metadata"
 """Written by DCP once every rank has saved: a directory without it is an interrupted save."""
+OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+"""Optimizer state keyed by parameter name, not by position in a param group: pipeline stages hold different
+parameters, so positions would collide across ranks."""
 
 
 def _state(optimizer: MasterAdamW, step: int) -> dict[str, Any]:
-    return {**optimizer.state_dict(), "step": torch.tensor(step), "rng": torch.get_rng_state()}
+    model, optim = get_state_dict(optimizer.masters, optimizer.adamw, options=OPTIONS)
+    return {"model": model, "optimizer": optim, "step": torch.tensor(step), "rng": torch.get_rng_state()}
 
 
 def save(directory: str, step: int, optimizer: MasterAdamW) -> Path:
@@ -48,6 +56,13 @@ def load(path: Path, optimizer: MasterAdamW) -> int:
     """Restore model, optimizer and RNG from ``path`` in place; returns the step it was saved at."""
     state = _state(optimizer, 0)
     dcp_load(state, checkpoint_id=str(path))
-    optimizer.after_load()
+    set_state_dict(
+        optimizer.masters,
+        optimizer.adamw,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=OPTIONS,
+    )
+    optimizer.copy_masters_to_model()
     torch.set_rng_state(state["rng"])
     return int(state["step"])

@@ -93,6 +93,35 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
     return model
 
 
+def _shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP2 gathers one at a time: the tiny GPT's blocks, or a transformers model's decoder layers
+    (its ``_no_split_modules``)."""
+    if isinstance(model, TinyGPT):
+        return list(model.layers.values())
+    names = {name for module in model.modules() for name in (getattr(module, "_no_split_modules", None) or ())}
+    return [module for module in model.modules() if type(module).__name__ in names]
+
+
+def apply_data_parallel(model: nn.Module, dp_mesh: DeviceMesh, precision: str) -> nn.Module:
+    """FSDP2 over the data-parallel ranks, as torchtitan composes it with tensor parallelism: ``fully_shard``
+    each block, then the root, on ``dp_mesh`` after :func:`apply_tensor_parallel` (a TP shard is sharded again
+    over the DP ranks: a 2-D DTensor). Parameters, gradients and optimizer states are split over the DP ranks
+    (ZeRO stage 3); each block's weights are all-gathered for its forward and backward, and gradients are
+    reduce-scattered (mean) once per optimizer step. Under ``bf16`` the sharded parameters stay fp32 (the
+    masters) and compute runs in bf16, gradients reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision == "bf16"
+        else MixedPrecisionPolicy()
+    )
+    for unit in _shard_units(model):
+        fully_shard(unit, mesh=dp_mesh, mp_policy=policy)
+    fully_shard(model, mesh=dp_mesh, mp_policy=policy)
+    return model
+
+
 def pick_device() -> torch.device:
     """The local GPU under torchrun when there is one, else the CPU."""
     if torch.cuda.is_available():

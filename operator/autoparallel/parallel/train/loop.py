@@ -1,4 +1,4 @@
-"""The training loop: build the layout, then forward/backward over micro-batches, reduce, step, log, save."""
+"""The training loop: build the layout, then forward/backward over micro-batches, step, log, save."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from autoparallel.parallel.train import checkpoint
 from autoparallel.parallel.train.config import TrainConfig
 from autoparallel.parallel.train.data import Batch, TokenSource
 from autoparallel.parallel.train.layout import (
     Coordinates,
+    apply_data_parallel,
     apply_tensor_parallel,
     build_mesh,
     keep_stage,
@@ -48,7 +50,6 @@ class Trainer:
     optimizer: MasterAdamW
     source: TokenSource
     coordinates: Coordinates
-    dp_group: dist.ProcessGroup | None
     device: torch.device
     schedule: object | None
     """The 1F1B schedule when there is more than one pipeline stage."""
@@ -59,7 +60,9 @@ class Trainer:
         inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
         if self.schedule is None:
             total = torch.zeros((), device=self.device)
-            for micro_inputs, micro_targets in zip(inputs.chunk(k), targets.chunk(k), strict=True):
+            for index, (micro_inputs, micro_targets) in enumerate(zip(inputs.chunk(k), targets.chunk(k), strict=True)):
+                if isinstance(self.model, FSDPModule):  # reduce-scatter once, after the last micro-batch
+                    self.model.set_requires_gradient_sync(index == k - 1)
                 loss = causal_lm_loss(self.model(micro_inputs), micro_targets) / k
                 torch.autograd.backward(loss)
                 total += loss.detach()
@@ -87,7 +90,7 @@ class Trainer:
     def train_step(self, step: int) -> float:
         batch = self.source.rank_batch(step, self.coordinates.dp_rank, self.config.data_parallel)
         local = self.forward_backward(batch)
-        self.optimizer.reduce_gradients(self.dp_group, self.config.data_parallel)
+        self.optimizer.collect_gradients()
         self.optimizer.step()
         return self.global_loss(local)
 
@@ -129,6 +132,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
     model.to(device)
     if config.tensor_parallel > 1:
         model = apply_tensor_parallel(model, mesh["tp"])
+    if config.data_parallel > 1:
+        model = apply_data_parallel(model, mesh["dp"], config.precision)
     optimizer = MasterAdamW(model, config.precision, config.lr, config.weight_decay)
     schedule = None
     if config.pipeline_parallel > 1:
@@ -139,8 +144,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
         )
         schedule = Schedule1F1B(stage, n_microbatches=config.micro_batches, loss_fn=causal_lm_loss)
     source = TokenSource(config.data, vocab_size, config.seq_len, config.global_batch_size, config.seed)
-    dp_group = mesh["dp"].get_group() if config.data_parallel > 1 else None
-    return Trainer(config, model, optimizer, source, coordinates, dp_group, device, schedule)
+    return Trainer(config, model, optimizer, source, coordinates, device, schedule)
 
 
 def train(config: TrainConfig) -> list[StepMetrics]:
