@@ -26,24 +26,10 @@ RECIPE_VERSION=2
 
 log() { printf '[build-control-plane] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=hack/go-build-lib.sh
+source "${REPO_ROOT}/hack/go-build-lib.sh"
 
-find_go() {
-  if [[ -n "${GO:-}" ]]; then
-    echo "${GO}"
-  elif command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    echo /usr/local/go/bin/go
-  else
-    die "Go is required to build the control plane (Go >= 1.24; https://go.dev/dl/)"
-  fi
-}
 
-# The version a wrapper go.mod requires of a module (read from the file: no go command needed).
-module_version() { # <go.mod> <module path>
-  awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) && $0 !~ /=>/ {
-      for (i = 1; i <= NF; i++) if ($i ~ /^v[0-9]/) { print $i; exit } }' "$1"
-}
 
 # Cache directory of one component: name, version and a hash of its wrapper module + recipe.
 component_dir() { # <component> <version>
@@ -188,8 +174,5 @@ main() {
   fi
 }
 
-elapsed() { # <start EPOCHREALTIME> -> seconds with one decimal
-  awk -v s="$1" -v e="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", e - s }'
-}
 
 main "$@"

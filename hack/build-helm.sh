@@ -23,28 +23,11 @@ RECIPE_VERSION=1
 
 log() { printf '[build-helm] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=hack/go-build-lib.sh
+source "${REPO_ROOT}/hack/go-build-lib.sh"
 
-find_go() {
-  if [[ -n "${GO:-}" ]]; then
-    echo "${GO}"
-  elif command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    echo /usr/local/go/bin/go
-  else
-    die "Go is required to build helm (Go >= 1.26; https://go.dev/dl/)"
-  fi
-}
 
-# The version the wrapper go.mod requires of a module (read from the file: no go command needed).
-module_version() { # <go.mod> <module path>
-  awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) && $0 !~ /=>/ {
-      for (i = 1; i <= NF; i++) if ($i ~ /^v[0-9]/) { print $i; exit } }' "$1"
-}
 
-elapsed() { # <start EPOCHREALTIME> -> seconds with one decimal
-  awk -v s="$1" -v e="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", e - s }'
-}
 
 build() { # <dest dir> <helm version> <client-go version>
   local dest="$1" version="$2" client_go="$3" tmp ldflags major minor
