@@ -17,6 +17,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
         train(config)
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another still runs a collective (gloo aborts)
     except ConfigError as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
