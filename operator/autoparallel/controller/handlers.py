@@ -11,9 +11,10 @@ import kopf
 
 from autoparallel.controller import k8s, metrics
 from autoparallel.controller.config import OperatorConfig
-from autoparallel.controller.inventory import LABEL_OWNER_UID, NodeGPUs, PodGPUs, node_gpus, pod_gpus
+from autoparallel.controller.inventory import LABEL_OWNER_UID, NodeGPUs, PodGPUs, Reservation, node_gpus, pod_gpus
 from autoparallel.controller.models import GROUP, PLURAL, VERSION
-from autoparallel.controller.reconcile import PendingPod, Snapshot, pending_pod, reconcile, resync_loop
+from autoparallel.controller.reconcile import LEDGER, PendingPod, Snapshot, pending_pod, reconcile, resync_loop
+from autoparallel.controller.reservations import reservation_of
 from autoparallel.controller.status import ChildReadiness, child_readiness
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -83,22 +84,45 @@ def parallel_deployments(body: kopf.Body, **_: Any) -> dict[str, kopf.Body]:
     return {body["metadata"]["uid"]: body}
 
 
-def _snapshot(kwargs: Mapping[str, Any], uid: str) -> Snapshot:
+@kopf.index(*RESOURCE)
+def gpu_reservations(body: kopf.Body, **_: Any) -> dict[str, Reservation | None]:
+    """What each resource's stored plan holds, parsed once per change of the resource."""
+    return {body["metadata"]["uid"]: reservation_of(body)}
+
+
+def _shared(indices: Mapping[str, Any]) -> tuple[list[NodeGPUs], list[PodGPUs], dict[str, Reservation | None]]:
+    """The cluster-wide part of a snapshot: nodes, pods, and every resource's reservation."""
+    nodes = [node for values in indices["gpu_nodes"].values() for node in values]
+    pods = [pod for values in indices["gpu_pods"].values() for pod in values]
+    reservations = {uid: next(iter(values), None) for uid, values in indices["gpu_reservations"].items()}
+    return nodes, pods, reservations
+
+
+def _snapshot(
+    indices: Mapping[str, Any],
+    uid: str,
+    shared: tuple[list[NodeGPUs], list[PodGPUs], dict[str, Reservation | None]] | None = None,
+) -> Snapshot:
+    nodes, pods, reservations = shared or _shared(indices)
     children: list[ChildReadiness] = []
     for index in ("child_deployments", "child_statefulsets", "child_jobs"):
-        children.extend(kwargs[index].get(uid, []))
+        children.extend(indices[index].get(uid, []))
     return Snapshot(
-        nodes=[node for values in kwargs["gpu_nodes"].values() for node in values],
-        pods=[pod for values in kwargs["gpu_pods"].values() for pod in values],
+        nodes=nodes,
+        pods=pods,
         children=children,
-        pending=list(kwargs["own_pending_pods"].get(uid, [])),
+        pending=list(indices["own_pending_pods"].get(uid, [])),
+        reservations=reservations,
     )
 
 
 def _snapshots(indices: Mapping[str, Any]) -> list[tuple[kopf.Body, Snapshot]]:
     """Every ParallelDeployment with what the indexes know about it (for the resync loop)."""
+    shared = _shared(indices)
     return [
-        (body, _snapshot(indices, uid)) for uid, bodies in indices["parallel_deployments"].items() for body in bodies
+        (body, _snapshot(indices, uid, shared))
+        for uid, bodies in indices["parallel_deployments"].items()
+        for body in bodies
     ]
 
 
@@ -110,8 +134,10 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **k
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
-def on_delete(namespace: str | None, name: str, **_: Any) -> None:
+def on_delete(namespace: str | None, name: str, uid: str | None, **_: Any) -> None:
     metrics.forget(namespace or "", name)
+    if uid:
+        LEDGER.forget(uid)
 
 
 @kopf.on.event("", "v1", "nodes")

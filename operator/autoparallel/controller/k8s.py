@@ -18,11 +18,10 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from autoparallel.controller.inventory import LABEL_OWNER_UID
+from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH, LABEL_OWNER_UID
 from autoparallel.controller.models import GROUP, PLURAL, VERSION
 
 FIELD_MANAGER = "autoparallel"
-PLAN_HASH_ANNOTATION = "autoparallel.io/plan-hash"
 
 
 @dataclass(frozen=True)
@@ -89,8 +88,8 @@ def _apply_one(apis: dict[str, _KindApi], manifest: dict[str, Any]) -> None:
             if error.status != 404:
                 raise
         else:
-            old_hash = (existing.metadata.annotations or {}).get(PLAN_HASH_ANNOTATION)
-            if old_hash != meta.get("annotations", {}).get(PLAN_HASH_ANNOTATION):
+            old_hash = (existing.metadata.annotations or {}).get(ANNOTATION_PLAN_HASH)
+            if old_hash != meta.get("annotations", {}).get(ANNOTATION_PLAN_HASH):
                 if existing.metadata.deletion_timestamp is None:
                     api.delete(meta["name"], meta["namespace"], propagation_policy="Foreground")
                 raise ChildReplacing(f"Job {meta['name']} of an older plan is being replaced")

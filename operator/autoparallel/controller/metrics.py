@@ -111,5 +111,9 @@ def serve(port: int) -> None:
 
 
 def record_inventory_from(nodes: list[NodeGPUs], pods: list[PodGPUs]) -> None:
-    """Cluster gauges from the operator's node and pod indexes."""
-    record_inventory(build_inventory(nodes, pods))
+    """Cluster gauges from the operator's node and pod indexes (every schedulable GPU node, tainted or not)."""
+    record_inventory(build_inventory(nodes, pods, tolerations=TOLERATE_ALL))
+
+
+TOLERATE_ALL = ({"operator": "Exists"},)
+"""A toleration of every taint (empty key, operator Exists)."""

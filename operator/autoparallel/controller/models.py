@@ -299,6 +299,10 @@ class PlanStatus(_Model):
     """Nodes the replicas occupy."""
     nodes_per_replica: int = Field(alias="nodesPerReplica")
     """Nodes one replica spans (more than 1 runs the replica with Ray across nodes)."""
+    pods: int | None = None
+    """Pods of all replicas together: the plan reserves their GPUs until they run."""
+    gpus_per_pod: int | None = Field(default=None, alias="gpusPerPod")
+    """GPUs each pod requests."""
     gpu_type: str = Field(alias="gpuType")
     """GPU the plan is for (catalog name, e.g. H100-80GB)."""
     pool: str

@@ -168,8 +168,10 @@ def plan_deployment(
     except ModelNotFoundError as error:
         return PlanFailure("ModelNotFound", f"spec.model.name: {error}; or give spec.model.config inline")
     except InsufficientMemoryError as error:
-        reason = "InsufficientGPUs" if error.gpus_needed else "InsufficientMemory"
-        return PlanFailure(reason, str(error))
+        if not error.gpus_needed:
+            return PlanFailure("InsufficientMemory", str(error))
+        held = "; ".join(f"{pool} held by {who}" for pool, who in inventory.holders)
+        return PlanFailure("InsufficientGPUs", f"{error}{f' ({held})' if held else ''}")
     except InvalidConfigurationError as error:
         return PlanFailure("InvalidSpec", str(error))
     except AutoParallelError as error:
@@ -200,6 +202,8 @@ def plan_deployment(
         gpus_per_replica=best["gpus_per_replica"],
         nodes=best["nodes"],
         nodes_per_replica=best["nodes_per_replica"],
+        pods=max(1, degrees.total_gpus // gpus_per_pod),
+        gpus_per_pod=gpus_per_pod,
         gpu_type=best["gpu_type"],
         pool=pool.name,
         memory_per_gpu=_memory(best, best["gpu_memory_gb"]),

@@ -11,16 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import kopf
+import urllib3
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from autoparallel.controller import k8s, metrics
 from autoparallel.controller.config import OperatorConfig
-from autoparallel.controller.inventory import LABEL_OWNER_UID, Inventory, NodeGPUs, PodGPUs, build_inventory
+from autoparallel.controller.inventory import (
+    LABEL_OWNER_UID,
+    Inventory,
+    NodeGPUs,
+    PodGPUs,
+    Reservation,
+    build_inventory,
+)
 from autoparallel.controller.models import (
     ConditionStatus,
     ParallelDeploymentSpec,
@@ -31,6 +39,8 @@ from autoparallel.controller.models import (
 from autoparallel.controller.plan import Owner
 from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
 from autoparallel.controller.render import render_children
+from autoparallel.controller.render.common import tolerations
+from autoparallel.controller.reservations import Ledger, reservation_for
 from autoparallel.controller.status import (
     DEGRADED,
     PLANNED,
@@ -48,6 +58,8 @@ from autoparallel.planner.search import placement
 REPLACE_RETRY_SECONDS = 2
 PRICES = OperatorConfig.from_env().prices()
 """GPU price overrides of this operator (``--gpu-prices`` / ``AUTOPARALLEL_GPU_PRICES``)."""
+LEDGER = Ledger()
+"""This operator's planning decisions not yet visible in the resources' status (see :mod:`reservations`)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,8 @@ class Snapshot:
     pods: Sequence[PodGPUs]
     children: Sequence[ChildReadiness]
     pending: Sequence[PendingPod]
+    reservations: Mapping[str, Reservation | None]
+    """Every ParallelDeployment (uid) with the reservation its stored status records."""
 
 
 def _current_status(body: kopf.Body) -> ParallelDeploymentStatus:
@@ -92,8 +106,15 @@ def _current_status(body: kopf.Body) -> ParallelDeploymentStatus:
 
 
 def _inventory(spec: ParallelDeploymentSpec, snapshot: Snapshot, uid: str) -> Inventory:
+    """The pools ``spec`` may use: free GPUs minus what other resources' plans hold (bound or reserved)."""
     return build_inventory(
-        snapshot.nodes, snapshot.pods, spec.placement.gpu_resource, spec.placement.node_selector, owner_uid=uid
+        snapshot.nodes,
+        snapshot.pods,
+        spec.placement.gpu_resource,
+        spec.placement.node_selector,
+        owner_uid=uid,
+        tolerations=tolerations(spec),
+        reservations=LEDGER.merged(snapshot.reservations),
     )
 
 
@@ -220,15 +241,19 @@ async def _plan_and_apply(
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         failure = PlanFailure("InvalidSpec", f"spec.{where}: {first['msg']}")
+        LEDGER.record(meta["uid"], None)
         new = _failure_status(old, failure, generation, timestamp)
         await _event_once(body, old, new, "Warning", failure.reason, failure.message)
         metrics.RECONCILES.labels("invalid").inc()
         _finish(body, patch, new, snapshot, None, timestamp)
         return
+    # From the inventory to the ledger entry nothing awaits: no other resource plans in between.
     inventory = _inventory(spec, snapshot, meta["uid"])
     started = time.perf_counter()
     outcome = plan_deployment(spec, inventory, PRICES)
     metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
+    planned = None if isinstance(outcome, PlanFailure) else reservation_for(spec, outcome.status, meta)
+    LEDGER.record(meta["uid"], planned)
     if isinstance(outcome, PlanFailure):
         new = _failure_status(old, outcome, generation, timestamp)
         new = new.model_copy(update={"inventory": inventory_status(inventory)})
@@ -282,25 +307,37 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
     await _plan_and_apply(body, patch, snapshot, logger, trigger="inventory")
 
 
-RESYNC_ERRORS = (ApiException, kopf.TemporaryError, OSError)
+RESYNC_ERRORS = (ApiException, kopf.TemporaryError, OSError, urllib3.exceptions.HTTPError)
 """Failures of one object's resync that the loop logs and retries on its next round."""
 
 
+def _creation_order(item: tuple[kopf.Body, Snapshot]) -> tuple[str, str, str]:
+    meta = item[0]["metadata"]
+    return str(meta.get("creationTimestamp") or ""), meta["namespace"], meta["name"]
+
+
 async def resync_loop(snapshots: Callable[[], list[tuple[kopf.Body, Snapshot]]], interval: float) -> None:
-    """Resync every ParallelDeployment every ``interval`` seconds, writing status only when it changed."""
+    """Resync every ParallelDeployment every ``interval`` seconds, oldest first (a waiting resource older than
+    another gets freed GPUs first), writing status only when it changed."""
     logger = logging.getLogger("autoparallel.resync")
     while True:
         await asyncio.sleep(interval)  # pacing between rounds, not waiting for a condition
-        rounds = snapshots()
+        rounds = sorted(snapshots(), key=_creation_order)
         for body, snapshot in rounds:
             patch = kopf.Patch()
+            where = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
             try:
                 await resync(body, patch, snapshot, logger)
                 if patch.get("status"):
                     meta = body["metadata"]
                     await k8s.patch_status(meta["namespace"], meta["name"], dict(patch["status"]))
+            except ApiException as error:
+                if error.status == 404:  # deleted since this round began: nothing to do, nothing wrong
+                    logger.debug(f"resync of {where}: deleted meanwhile")
+                else:
+                    logger.warning(f"resync of {where}: {error.status} {error.reason}")
             except RESYNC_ERRORS as error:
-                logger.warning(f"resync of {body['metadata']['namespace']}/{body['metadata']['name']}: {error}")
+                logger.warning(f"resync of {where}: {type(error).__name__}: {error}")
             except Exception:  # the loop serves every object: log the bug with its traceback, serve the rest
-                logger.exception(f"resync of {body['metadata']['namespace']}/{body['metadata']['name']} failed")
+                logger.exception(f"resync of {where} failed")
         logger.debug(f"resynced {len(rounds)} ParallelDeployment(s)")

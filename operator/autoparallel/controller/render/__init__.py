@@ -8,10 +8,10 @@ find children to prune) and the ``autoparallel.io/plan-hash`` annotation.
 
 from __future__ import annotations
 
+from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH
 from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
 from autoparallel.controller.plan import ChosenPlan, Owner
 from autoparallel.controller.render.common import (
-    ANNOTATION_PLAN_HASH,
     CHILD_KINDS,
     LABEL_COMPONENT,
     LABEL_INSTANCE,

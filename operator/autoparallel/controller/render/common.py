@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from autoparallel.controller.inventory import LABEL_OWNER_UID
+from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH, LABEL_OWNER_UID
 from autoparallel.controller.models import EnvVar, ParallelDeploymentSpec
 from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
 
@@ -22,7 +22,6 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "autoparallel"
 """Value of ``app.kubernetes.io/managed-by`` on every child; with the owner-uid label it finds stale children."""
-ANNOTATION_PLAN_HASH = "autoparallel.io/plan-hash"
 """Annotation on every child: the plan it was rendered from (status counts only children of the current plan)."""
 
 COMPONENT_INFERENCE = "inference"
@@ -172,7 +171,12 @@ def pod_template(
     pod_spec["tolerations"] = tolerations(spec)
     pod_spec["containers"] = [main]
     pod_spec["volumes"] = [shm_volume()]
-    return {"metadata": {"labels": {**labels(owner, component), **(extra_labels or {})}}, "spec": pod_spec}
+    # The plan hash on the pods too: a reservation counts the pods of its plan that are bound.
+    metadata = {
+        "labels": {**labels(owner, component), **(extra_labels or {})},
+        "annotations": {ANNOTATION_PLAN_HASH: plan.plan_hash},
+    }
+    return {"metadata": metadata, "spec": pod_spec}
 
 
 def service_port(name: str, port: int) -> Manifest:
