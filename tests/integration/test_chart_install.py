@@ -34,6 +34,7 @@ from kubernetes import client, config
 from lupa import lua51  # type: ignore[import-untyped]
 
 from kube import KubeCluster, gone, repo_root, wait_for
+from nodes import TestNodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm]
 
@@ -195,7 +196,10 @@ def test_install_creates_the_crd_rbac_and_the_operator(kube_cluster: KubeCluster
     kube_cluster.core.read_namespaced_service(f"{release.fullname}-metrics", release.namespace)
 
     deployment = kube_cluster.apps.read_namespaced_deployment(release.fullname, release.namespace)
-    assert deployment.spec.replicas == 1 and deployment.spec.strategy.type == "Recreate"
+    assert deployment.spec.replicas == 1 and deployment.spec.strategy.type == "RollingUpdate"
+    # Leader election (the chart's default): a Role in the release namespace for the one Lease.
+    election = rbac.read_namespaced_role(f"{release.fullname}-leader-election", release.namespace)
+    assert {r for rule in election.rules for r in rule.resources} == {"leases"}
     (container,) = deployment.spec.template.spec.containers
     assert container.args[0] == f"--namespace={release.watched}"
     assert container.security_context.read_only_root_filesystem is True
@@ -295,10 +299,10 @@ def _condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_operator_reconciles_llama70b_with_the_service_accounts_permissions(
-    kube_cluster: KubeCluster, release: Release, token_kubeconfig: Path
+    kube_cluster: KubeCluster, release: Release, token_kubeconfig: Path, gpu_nodes: TestNodes
 ) -> None:
     custom = client.CustomObjectsApi(kube_cluster.api_client)
-    body = yaml.safe_load((repo_root() / "examples" / "llama70b.yaml").read_text())
+    body = gpu_nodes.place(yaml.safe_load((repo_root() / "examples" / "llama70b.yaml").read_text()))
     custom.create_namespaced_custom_object(GROUP, VERSION, release.watched, PLURAL, body)
     name = body["metadata"]["name"]
 

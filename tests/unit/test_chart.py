@@ -159,7 +159,12 @@ def test_crd_keep_and_install_switches(helm: str) -> None:
 def test_operator_deployment_is_hardened(case: tuple[str, str]) -> None:
     (deployment,) = by_kind(manifests(case[1]), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    values = yaml.safe_load((GOLDEN_DIR / "values" / f"{case[0]}.yaml").read_text()) or {}
+    # One active replica: either the Lease decides (rolling updates are safe) or there is exactly one (Recreate).
+    if values.get("leaderElection", {}).get("enabled", True):
+        assert spec["replicas"] == values.get("replicaCount", 1) and spec["strategy"] == {"type": "RollingUpdate"}
+    else:
+        assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -185,6 +190,26 @@ def test_container_args_are_the_operators_own_flags(case: tuple[str, str]) -> No
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (args.metrics_port, args.liveness_port) == (ports["metrics"], ports["health"])
     assert args.log_format == values.get("logFormat", "json")
+    leader_election = values.get("leaderElection", {}).get("enabled", True)
+    assert args.leader_elect is leader_election
+    if leader_election:
+        assert (args.leader_election_namespace, args.leader_election_name) == (
+            NAMESPACE,
+            f"{RELEASE}-autoparallel-operator",
+        )
+
+
+def test_two_replicas_need_leader_election(helm: str) -> None:
+    two = render(helm, "default.yaml", "--set", "replicaCount=2")
+    (deployment,) = by_kind(manifests(two), "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    result = subprocess.run(
+        [helm, "template", RELEASE, str(CHART), "--set", "replicaCount=2", "--set", "leaderElection.enabled=false"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0 and "replicaCount > 1 needs leaderElection.enabled" in result.stderr
 
 
 def _rbac_documents(rendered: str) -> list[str]:
@@ -221,6 +246,22 @@ def test_rbac_is_least_privilege(case: tuple[str, str]) -> None:
     if values.get("rbac", {}).get("create") is False:
         assert not by_kind(rendered, "ClusterRole") and not by_kind(rendered, "Role")
         return
+    election = [r for r in by_kind(rendered, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    if values.get("leaderElection", {}).get("enabled", True):
+        [role] = election
+        assert role["metadata"]["namespace"] == NAMESPACE
+        assert role["rules"] == [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": [f"{RELEASE}-autoparallel-operator"],
+                "verbs": ["get", "update"],
+            },
+        ]
+    else:
+        assert not election
+    rendered = [m for m in rendered if not m["metadata"]["name"].endswith("-leader-election")]
     cluster, namespaced = _rules(rendered, "ClusterRole"), _rules(rendered, "Role")
     for verbs_by_resource in (cluster, namespaced):
         assert not FORBIDDEN_RESOURCES & set(verbs_by_resource)

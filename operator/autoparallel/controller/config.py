@@ -23,6 +23,12 @@ class OperatorConfig:
     """Port of kopf's liveness probe ``/healthz`` (0 disables it)."""
     gpu_prices: str = "{}"
     """JSON object of USD per GPU-hour by GPU name (``{"H100-80GB": 4.0}``), for the minimize_cost objective."""
+    leader_elect: bool = False
+    """Act only while holding the Lease ``leader_election_name`` (run several replicas, one active)."""
+    leader_election_namespace: str = "default"
+    """Namespace of the Lease (the chart sets the operator's own namespace)."""
+    leader_election_name: str = "autoparallel-operator"
+    """Name of the Lease."""
 
     def prices(self) -> dict[str, float]:
         """The parsed ``gpu_prices``; a malformed value is a configuration error of the operator itself."""
@@ -33,12 +39,14 @@ class OperatorConfig:
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
-        values = {}
+        values: dict[str, object] = {}
         for field in fields(cls):
             raw = os.environ.get(f"AUTOPARALLEL_{field.name.upper()}")
-            if raw is not None:
-                values[field.name] = type(getattr(cls(), field.name))(raw)
-        return cls(**values)
+            if raw is None:
+                continue
+            kind = type(getattr(cls(), field.name))
+            values[field.name] = raw.strip().lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+        return cls(**values)  # type: ignore[arg-type]
 
     def to_env(self) -> dict[str, str]:
         return {f"AUTOPARALLEL_{field.name.upper()}": str(getattr(self, field.name)) for field in fields(self)}

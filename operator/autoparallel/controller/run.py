@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.server
 import os
+import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import fields
 
 from autoparallel.controller.config import OperatorConfig
@@ -21,6 +26,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         flag = "--" + field.name.replace("_", "-")
         value = getattr(defaults, field.name)
         kind = type(value)
+        if kind is bool:
+            run.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"(default {value})")
+            continue
         choices = ("plain", "json") if field.name == "log_format" else None
         run.add_argument(flag, type=kind, default=value, choices=choices, help=f"(default {value})")
     run.set_defaults(handler=run_operator)
@@ -35,9 +43,61 @@ def run_operator(args: argparse.Namespace) -> None:
 
     kopf.configure(log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL)
     liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
+    if not config.leader_elect:
+        _run_kopf(args, liveness)
+        return
+    from autoparallel.controller import k8s
+    from autoparallel.controller.k8s_lease import LeaseElector
+
+    k8s.configure_client()
+    elector = LeaseElector(
+        config.leader_election_namespace, config.leader_election_name, f"{socket.gethostname()}_{os.getpid()}"
+    )
+    with standby_health(config.liveness_port):  # a standby is alive: probes must not restart it
+        elector.acquire()
+    # A leader that cannot renew stops at once, before a standby that took over could act beside it.
+    elector.hold(on_lost=lambda: os._exit(LOST_LEADERSHIP_EXIT_CODE))
+    try:
+        _run_kopf(args, liveness)
+    finally:
+        elector.release()
+
+
+LOST_LEADERSHIP_EXIT_CODE = 3
+
+
+def _run_kopf(args: argparse.Namespace, liveness: str | None) -> None:
+    import kopf
+
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=liveness,
     )
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+        self.wfile.write(b"standby\n")
+
+    def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: not worth a line
+        return
+
+
+@contextlib.contextmanager
+def standby_health(port: int) -> Iterator[None]:
+    """Answer ``/healthz`` on ``port`` while this replica waits for the Lease (kopf serves it once leading)."""
+    if not port:
+        yield
+        return
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), _Healthy)
+    thread = threading.Thread(target=server.serve_forever, name="standby-health", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
