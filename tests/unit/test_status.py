@@ -1,6 +1,6 @@
 """Status conditions and readiness: transition times move only on flips; readiness from children."""
 
-from autoparallel.controller.models import ConditionStatus, ParallelDeploymentStatus
+from autoparallel.controller.models import ConditionStatus
 from autoparallel.controller.status import (
     ChildReadiness,
     child_readiness,
@@ -57,7 +57,7 @@ def test_ready_counts_only_children_of_the_current_plan() -> None:
         ChildReadiness("Deployment", "d", 2, 1, plan_hash="new"),
     ]
     assert replicas(children, "new").ready == 1
-    status, reason, message = readiness_condition(ParallelDeploymentStatus(), 2, children, "new")
+    status, reason, message = readiness_condition(2, children, "new")
     assert (status, reason, message) == (ConditionStatus.FALSE, "RollingOut", "1/2 replicas ready")
     done = [ChildReadiness("Deployment", "d", 2, 2, plan_hash="new")]
-    assert readiness_condition(ParallelDeploymentStatus(), 2, done, "new")[0] == ConditionStatus.TRUE
+    assert readiness_condition(2, done, "new")[0] == ConditionStatus.TRUE

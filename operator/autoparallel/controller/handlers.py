@@ -11,9 +11,10 @@ import kopf
 
 from autoparallel.controller import k8s, metrics
 from autoparallel.controller.config import OperatorConfig
+from autoparallel.controller.derive import PendingPod
 from autoparallel.controller.inventory import LABEL_OWNER_UID, NodeGPUs, PodGPUs, Reservation, node_gpus, pod_gpus
 from autoparallel.controller.models import GROUP, PLURAL, VERSION
-from autoparallel.controller.reconcile import LEDGER, PendingPod, Snapshot, pending_pod, reconcile, resync_loop
+from autoparallel.controller.reconcile import LEDGER, Snapshot, pending_pod, reconcile, resync_loop
 from autoparallel.controller.reservations import reservation_of
 from autoparallel.controller.status import ChildReadiness, child_readiness
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import kopf
 import urllib3
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from autoparallel.controller import k8s, metrics
 from autoparallel.controller.config import OperatorConfig
+from autoparallel.controller.derive import Facts, PendingPod, derive_status
 from autoparallel.controller.inventory import (
     LABEL_OWNER_UID,
     Inventory,
@@ -29,30 +31,13 @@ from autoparallel.controller.inventory import (
     Reservation,
     build_inventory,
 )
-from autoparallel.controller.models import (
-    ConditionStatus,
-    ParallelDeploymentSpec,
-    ParallelDeploymentStatus,
-    PlanStatus,
-    WorkloadType,
-)
+from autoparallel.controller.models import ConditionStatus, ParallelDeploymentSpec, ParallelDeploymentStatus, PlanStatus
 from autoparallel.controller.plan import Owner
 from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
 from autoparallel.controller.render import render_children
 from autoparallel.controller.render.common import tolerations
 from autoparallel.controller.reservations import Ledger, reservation_for
-from autoparallel.controller.status import (
-    DEGRADED,
-    PLANNED,
-    READY,
-    ChildReadiness,
-    get_condition,
-    now,
-    readiness_condition,
-    replicas,
-    set_condition,
-    status_body,
-)
+from autoparallel.controller.status import PLANNED, ChildReadiness, get_condition, now, status_body
 from autoparallel.planner.search import placement
 
 REPLACE_RETRY_SECONDS = 2
@@ -60,15 +45,6 @@ PRICES = OperatorConfig.from_env().prices()
 """GPU price overrides of this operator (``--gpu-prices`` / ``AUTOPARALLEL_GPU_PRICES``)."""
 LEDGER = Ledger()
 """This operator's planning decisions not yet visible in the resources' status (see :mod:`reservations`)."""
-
-
-@dataclass(frozen=True)
-class PendingPod:
-    """A pod of a ParallelDeployment that the scheduler could not place."""
-
-    owner_uid: str
-    name: str
-    message: str
 
 
 def pending_pod(body: kopf.Body) -> PendingPod | None:
@@ -127,49 +103,19 @@ def _still_fits(plan: PlanStatus, inventory: Inventory) -> bool:
     return capacity >= plan.data
 
 
-def _desired_workloads(spec: ParallelDeploymentSpec, plan: PlanStatus) -> int:
-    if spec.workload.type == WorkloadType.TRAINING:
-        return 1
-    return plan.data
+def _facts(body: kopf.Body, snapshot: Snapshot, spec: ParallelDeploymentSpec | None, **decided: Any) -> Facts:
+    return Facts(
+        generation=body["metadata"].get("generation"),
+        now=now(),
+        spec=spec,
+        children=snapshot.children,
+        pending=snapshot.pending,
+        **decided,
+    )
 
 
-def _finish(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    status: ParallelDeploymentStatus,
-    snapshot: Snapshot,
-    spec: ParallelDeploymentSpec | None,
-    timestamp: str,
-) -> None:
-    """Set Ready/Degraded from the children, then patch the status once if anything changed."""
-    generation = body["metadata"].get("generation")
-    planned = get_condition(status.conditions, PLANNED)
-    plan = status.plan
-    conditions = status.conditions
-    if spec is not None and planned is not None and planned.status == ConditionStatus.TRUE and plan is not None:
-        if spec.plan_only:
-            ready = (ConditionStatus.FALSE, "PlanOnly", "spec.planOnly is set: nothing is created")
-            counts = replicas([], None)
-        else:
-            desired = _desired_workloads(spec, plan)
-            ready = readiness_condition(status, desired, snapshot.children, plan.hash)
-            if ready[0] != ConditionStatus.TRUE and snapshot.pending:
-                pod = snapshot.pending[0]
-                ready = (ConditionStatus.FALSE, "Unschedulable", f"pod {pod.name}: {pod.message}")
-            counts = replicas(snapshot.children, plan.hash)
-            counts = counts.model_copy(update={"desired": desired})
-        conditions = set_condition(conditions, READY, ready[0], ready[1], ready[2], generation, timestamp)
-        degraded = ready[1] in ("Failed", "Unschedulable")
-        conditions = set_condition(
-            conditions,
-            DEGRADED,
-            ConditionStatus.TRUE if degraded else ConditionStatus.FALSE,
-            ready[1] if degraded else "AsPlanned",
-            ready[2] if degraded else "the plan is being served as planned",
-            generation,
-            timestamp,
-        )
-        status = status.model_copy(update={"conditions": conditions, "replicas": counts})
+def _patch(body: kopf.Body, patch: kopf.Patch, status: ParallelDeploymentStatus) -> None:
+    """Put into ``patch`` the top-level status fields that differ from the stored status."""
     new = status_body(status)
     old = body.get("status") or {}
     for key, value in new.items():
@@ -177,19 +123,13 @@ def _finish(
             patch.status[key] = value
 
 
-def _failure_status(
-    status: ParallelDeploymentStatus, failure: PlanFailure, generation: int | None, timestamp: str
-) -> ParallelDeploymentStatus:
-    conditions = set_condition(
-        status.conditions, PLANNED, ConditionStatus.FALSE, failure.reason, failure.message, generation, timestamp
-    )
-    conditions = set_condition(
-        conditions, READY, ConditionStatus.FALSE, failure.reason, failure.message, generation, timestamp
-    )
-    conditions = set_condition(
-        conditions, DEGRADED, ConditionStatus.TRUE, failure.reason, failure.message, generation, timestamp
-    )
-    return status.model_copy(update={"conditions": conditions, "observed_generation": generation})
+def _parse_spec(body: kopf.Body) -> ParallelDeploymentSpec | PlanFailure:
+    try:
+        return ParallelDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return PlanFailure("InvalidSpec", f"spec.{where}: {first['msg']}")
 
 
 async def _event_once(
@@ -232,20 +172,14 @@ async def _plan_and_apply(
     body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger: kopf.Logger | logging.Logger, trigger: str
 ) -> None:
     meta = body["metadata"]
-    generation = meta.get("generation")
-    timestamp = now()
     old = _current_status(body)
-    try:
-        spec = ParallelDeploymentSpec.model_validate(body.get("spec") or {})
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        failure = PlanFailure("InvalidSpec", f"spec.{where}: {first['msg']}")
+    spec = _parse_spec(body)
+    if isinstance(spec, PlanFailure):
         LEDGER.record(meta["uid"], None)
-        new = _failure_status(old, failure, generation, timestamp)
-        await _event_once(body, old, new, "Warning", failure.reason, failure.message)
+        new = derive_status(old, _facts(body, snapshot, None, outcome=spec))
+        await _event_once(body, old, new, "Warning", spec.reason, spec.message)
         metrics.RECONCILES.labels("invalid").inc()
-        _finish(body, patch, new, snapshot, None, timestamp)
+        _patch(body, patch, new)
         return
     # From the inventory to the ledger entry nothing awaits: no other resource plans in between.
     inventory = _inventory(spec, snapshot, meta["uid"])
@@ -254,34 +188,21 @@ async def _plan_and_apply(
     metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
     planned = None if isinstance(outcome, PlanFailure) else reservation_for(spec, outcome.status, meta)
     LEDGER.record(meta["uid"], planned)
+    new = derive_status(old, _facts(body, snapshot, spec, outcome=outcome, inventory=inventory_status(inventory)))
     if isinstance(outcome, PlanFailure):
-        new = _failure_status(old, outcome, generation, timestamp)
-        new = new.model_copy(update={"inventory": inventory_status(inventory)})
         await _event_once(body, old, new, "Warning", outcome.reason, outcome.message)
         metrics.RECONCILES.labels("failed").inc()
-        _finish(body, patch, new, snapshot, spec, timestamp)
+        _patch(body, patch, new)
         return
-    reason = "PlanOnly" if spec.plan_only else "Planned"
-    conditions = set_condition(
-        old.conditions, PLANNED, ConditionStatus.TRUE, reason, outcome.status.reason, generation, timestamp
-    )
-    new = old.model_copy(
-        update={
-            "observed_generation": generation,
-            "conditions": conditions,
-            "plan": outcome.status,
-            "candidates": list(outcome.candidates),
-            "inventory": inventory_status(inventory),
-        }
-    )
     deleted = await _apply(outcome, spec, body, snapshot)
+    reason = "PlanOnly" if spec.plan_only else "Planned"
     verb = "Replanned" if trigger == "inventory" and old.plan is not None else reason
     extra = f"; removed {', '.join(deleted)}" if deleted else ""
     await _event_once(body, old, new, "Normal", verb, f"{outcome.status.reason}{extra}")
     metrics.record_plan(meta["namespace"], meta["name"], outcome.status)
     metrics.RECONCILES.labels("planned").inc()
     logger.info(f"{verb}: {outcome.status.reason}{extra}")
-    _finish(body, patch, new, snapshot, spec, timestamp)
+    _patch(body, patch, new)
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger: kopf.Logger) -> None:
@@ -295,13 +216,12 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
     planned = get_condition(status.conditions, PLANNED)
     if planned is None or planned.observed_generation != body["metadata"].get("generation"):
         return  # the change handler has not finished this generation yet
-    try:
-        spec = ParallelDeploymentSpec.model_validate(body.get("spec") or {})
-    except ValidationError:
+    spec = _parse_spec(body)
+    if isinstance(spec, PlanFailure):
         return
     if planned.status == ConditionStatus.TRUE and status.plan is not None:
         if _still_fits(status.plan, _inventory(spec, snapshot, body["metadata"]["uid"])):
-            _finish(body, patch, status, snapshot, spec, now())
+            _patch(body, patch, derive_status(status, _facts(body, snapshot, spec)))
             return
         logger.info("the current plan no longer fits the inventory: replanning")
     await _plan_and_apply(body, patch, snapshot, logger, trigger="inventory")

@@ -103,7 +103,7 @@ def replicas(children: Iterable[ChildReadiness], plan_hash: str | None) -> Repli
 
 
 def readiness_condition(
-    status: ParallelDeploymentStatus, desired: int, children: Sequence[ChildReadiness], plan_hash: str | None
+    desired: int, children: Sequence[ChildReadiness], plan_hash: str | None
 ) -> tuple[ConditionStatus, str, str]:
     """(status, reason, message) of the Ready condition."""
     counts = replicas(children, plan_hash)

@@ -1,0 +1,158 @@
+"""The whole status of a ParallelDeployment, derived in one pure function from what reconcile observed.
+
+``derive_status(previous, facts)`` is the only place conditions are decided. Each condition type is a rule in
+``RULES``: a function of the facts and the already-derived plan fields that returns (status, reason, message).
+Reconcile does the I/O (read the indexes, plan, apply children) and patches what this returns — only where it
+differs from the stored status, and ``lastTransitionTime`` moves only when a condition's status flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from autoparallel.controller.models import (
+    ConditionStatus,
+    ParallelDeploymentSpec,
+    ParallelDeploymentStatus,
+    PlanStatus,
+    PoolInventory,
+    Replicas,
+    WorkloadType,
+)
+from autoparallel.controller.planning import PlanFailure, PlanResult
+from autoparallel.controller.status import (
+    DEGRADED,
+    PLANNED,
+    READY,
+    ChildReadiness,
+    get_condition,
+    readiness_condition,
+    replicas,
+    set_condition,
+)
+
+Verdict = tuple[ConditionStatus, str, str]
+"""(status, reason, message) of one condition."""
+
+
+@dataclass(frozen=True)
+class PendingPod:
+    """A pod of a ParallelDeployment that the scheduler could not place."""
+
+    owner_uid: str
+    name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What one reconcile observed and decided: the inputs of :func:`derive_status`."""
+
+    generation: int | None
+    now: str
+    spec: ParallelDeploymentSpec | None
+    """None when the stored spec is invalid (``outcome`` then says why)."""
+    outcome: PlanResult | PlanFailure | None = None
+    """A new plan, a failure to plan, or None: the stored plan stands (a resync that kept it)."""
+    inventory: tuple[PoolInventory, ...] | None = None
+    """The pools planned against, when planning ran."""
+    children: Sequence[ChildReadiness] = ()
+    pending: Sequence[PendingPod] = ()
+    """Pods the scheduler could not place."""
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """The facts together with the plan fields already derived (what the condition rules read)."""
+
+    facts: Facts
+    planned: Verdict
+    plan: PlanStatus | None
+    desired: int = 0
+    counts: Replicas = field(default_factory=Replicas)
+
+
+def _planned(facts: Facts, previous: ParallelDeploymentStatus) -> Verdict:
+    outcome = facts.outcome
+    if isinstance(outcome, PlanFailure):
+        return ConditionStatus.FALSE, outcome.reason, outcome.message
+    if isinstance(outcome, PlanResult):
+        reason = "PlanOnly" if facts.spec is not None and facts.spec.plan_only else "Planned"
+        return ConditionStatus.TRUE, reason, outcome.status.reason
+    stored = get_condition(previous.conditions, PLANNED)
+    if stored is None:
+        return ConditionStatus.UNKNOWN, "Planning", "the operator has not planned this generation yet"
+    return stored.status, stored.reason, stored.message
+
+
+def _serving(derived: _Derived) -> bool:
+    return derived.planned[0] == ConditionStatus.TRUE and derived.plan is not None and derived.facts.spec is not None
+
+
+def _ready(derived: _Derived) -> Verdict:
+    facts = derived.facts
+    if not _serving(derived):
+        return ConditionStatus.FALSE, derived.planned[1], derived.planned[2]
+    assert facts.spec is not None and derived.plan is not None
+    if facts.spec.plan_only:
+        return ConditionStatus.FALSE, "PlanOnly", "spec.planOnly is set: nothing is created"
+    verdict = readiness_condition(derived.desired, facts.children, derived.plan.hash)
+    if verdict[0] != ConditionStatus.TRUE and facts.pending:
+        pod = facts.pending[0]
+        return ConditionStatus.FALSE, "Unschedulable", f"pod {pod.name}: {pod.message}"
+    return verdict
+
+
+DEGRADING_REASONS = ("Failed", "Unschedulable")
+"""Ready reasons that also make the resource Degraded (besides every planning failure)."""
+
+
+def _degraded(derived: _Derived, ready: Verdict) -> Verdict:
+    if derived.planned[0] == ConditionStatus.FALSE:
+        return ConditionStatus.TRUE, derived.planned[1], derived.planned[2]
+    if ready[1] in DEGRADING_REASONS:
+        return ConditionStatus.TRUE, ready[1], ready[2]
+    return ConditionStatus.FALSE, "AsPlanned", "the plan is being served as planned"
+
+
+RULES: tuple[tuple[str, Callable[[_Derived, dict[str, Verdict]], Verdict]], ...] = (
+    (READY, lambda derived, _: _ready(derived)),
+    (DEGRADED, lambda derived, decided: _degraded(derived, decided[READY])),
+)
+"""Conditions after ``Planned``, in order; each rule sees the verdicts decided before it."""
+
+
+def _desired(spec: ParallelDeploymentSpec | None, plan: PlanStatus | None) -> int:
+    if spec is None or plan is None or spec.plan_only:
+        return 0
+    return 1 if spec.workload.type == WorkloadType.TRAINING else plan.data
+
+
+def derive_status(previous: ParallelDeploymentStatus, facts: Facts) -> ParallelDeploymentStatus:
+    """The whole new status: plan fields from the outcome, then every condition by its rule."""
+    updates: dict[str, object] = {}
+    if facts.outcome is not None:
+        updates["observed_generation"] = facts.generation
+    if facts.inventory is not None:
+        updates["inventory"] = list(facts.inventory)
+    if isinstance(facts.outcome, PlanResult):
+        updates["plan"] = facts.outcome.status
+        updates["candidates"] = list(facts.outcome.candidates)
+    status = previous.model_copy(update=updates)
+    planned = _planned(facts, previous)
+    derived = _Derived(facts, planned, status.plan)
+    if _serving(derived) and not (facts.spec is not None and facts.spec.plan_only):
+        desired = _desired(facts.spec, status.plan)
+        counts = replicas(facts.children, status.plan.hash if status.plan else None)
+        derived = _Derived(facts, planned, status.plan, desired, counts.model_copy(update={"desired": desired}))
+        status = status.model_copy(update={"replicas": derived.counts})
+    elif _serving(derived):
+        status = status.model_copy(update={"replicas": Replicas()})
+    decided: dict[str, Verdict] = {PLANNED: planned}
+    for type_, rule in RULES:
+        decided[type_] = rule(derived, decided)
+    conditions = list(status.conditions)
+    for type_, (value, reason, message) in decided.items():
+        conditions = set_condition(conditions, type_, value, reason, message, facts.generation, facts.now)
+    return status.model_copy(update={"conditions": conditions})

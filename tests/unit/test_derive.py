@@ -1,0 +1,99 @@
+"""The status table: every condition derived in one pure function from what a reconcile observed."""
+
+from autoparallel.controller.derive import Facts, PendingPod, derive_status
+from autoparallel.controller.inventory import NodeGPUs, build_inventory
+from autoparallel.controller.models import ConditionStatus, ParallelDeploymentSpec, ParallelDeploymentStatus
+from autoparallel.controller.planning import PlanFailure, PlanResult, plan_deployment
+from autoparallel.controller.status import ChildReadiness, get_condition
+
+H100 = (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)
+NODE = NodeGPUs("h0", "NVIDIA-H100-80GB-HBM3", 81559, (("nvidia.com/gpu", 8),), H100, True)
+
+
+def spec(**fields: object) -> ParallelDeploymentSpec:
+    return ParallelDeploymentSpec.model_validate({"model": {"name": "meta-llama/Meta-Llama-3.1-8B"}, **fields})
+
+
+def planned(spec_: ParallelDeploymentSpec) -> PlanResult:
+    outcome = plan_deployment(spec_, build_inventory([NODE], []))
+    assert isinstance(outcome, PlanResult)
+    return outcome
+
+
+def verdicts(status: ParallelDeploymentStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status.value, c.reason) for c in status.conditions}
+
+
+def test_a_new_plan_without_children_is_rolling_out() -> None:
+    outcome = planned(spec())
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t1", spec(), outcome=outcome))
+    assert verdicts(status) == {
+        "Planned": ("True", "Planned"),
+        "Ready": ("False", "RollingOut"),
+        "Degraded": ("False", "AsPlanned"),
+    }
+    assert status.plan == outcome.status and status.observed_generation == 1
+    assert status.replicas.desired == outcome.status.data and status.replicas.ready == 0
+
+
+def test_ready_children_of_the_plan_make_it_ready_and_time_moves_only_on_flips() -> None:
+    outcome = planned(spec())
+    first = derive_status(ParallelDeploymentStatus(), Facts(1, "t1", spec(), outcome=outcome))
+    ready = [ChildReadiness("Deployment", "x", outcome.status.data, outcome.status.data, plan_hash=outcome.status.hash)]
+    second = derive_status(first, Facts(1, "t2", spec(), children=ready))
+    assert verdicts(second)["Ready"] == ("True", "Ready")
+    assert get_condition(second.conditions, "Ready").last_transition_time == "t2"  # type: ignore[union-attr]
+    assert get_condition(second.conditions, "Planned").last_transition_time == "t1"  # type: ignore[union-attr]
+    assert derive_status(second, Facts(1, "t3", spec(), children=ready)) == second  # nothing new: nothing changes
+
+
+def test_children_of_an_older_plan_do_not_count() -> None:
+    outcome = planned(spec())
+    old = [ChildReadiness("Deployment", "x", 1, 1, plan_hash="older")]
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", spec(), outcome=outcome, children=old))
+    assert verdicts(status)["Ready"] == ("False", "RollingOut")
+
+
+def test_a_failure_is_planned_false_not_ready_and_degraded_keeping_the_last_plan() -> None:
+    outcome = planned(spec())
+    first = derive_status(ParallelDeploymentStatus(), Facts(1, "t1", spec(), outcome=outcome))
+    failure = PlanFailure("InsufficientGPUs", "no room")
+    failed = derive_status(first, Facts(2, "t2", spec(), outcome=failure))
+    assert verdicts(failed) == {
+        "Planned": ("False", "InsufficientGPUs"),
+        "Ready": ("False", "InsufficientGPUs"),
+        "Degraded": ("True", "InsufficientGPUs"),
+    }
+    assert failed.plan == first.plan and failed.observed_generation == 2
+
+
+def test_an_invalid_spec_needs_no_spec() -> None:
+    failure = PlanFailure("InvalidSpec", "spec.x: bad")
+    status = derive_status(ParallelDeploymentStatus(), Facts(3, "t", None, outcome=failure))
+    assert verdicts(status)["Ready"] == ("False", "InvalidSpec") and status.observed_generation == 3
+
+
+def test_plan_only_is_never_ready_and_wants_no_replicas() -> None:
+    only = spec(planOnly=True)
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", only, outcome=planned(only)))
+    assert verdicts(status)["Planned"] == ("True", "PlanOnly")
+    assert verdicts(status)["Ready"] == ("False", "PlanOnly")
+    assert status.replicas.desired == 0
+
+
+def test_unschedulable_pods_and_failed_jobs_degrade() -> None:
+    outcome = planned(spec())
+    pending = [PendingPod("uid", "x-0", "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")]
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", spec(), outcome=outcome, pending=pending))
+    assert verdicts(status)["Ready"] == ("False", "Unschedulable")
+    assert verdicts(status)["Degraded"] == ("True", "Unschedulable")
+    failed = [ChildReadiness("Job", "j", 1, 0, failed=True, plan_hash=outcome.status.hash)]
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", spec(), outcome=outcome, children=failed))
+    assert verdicts(status)["Degraded"] == ("True", "Failed")
+
+
+def test_training_wants_one_workload() -> None:
+    training = spec(workload={"type": "training", "sequenceLength": 2048, "batchSize": 8})
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", training, outcome=planned(training)))
+    assert status.replicas.desired == 1
+    assert status.conditions[0].status == ConditionStatus.TRUE
