@@ -162,3 +162,24 @@ def test_the_ledger_holds_decisions_until_the_status_shows_them() -> None:
     assert {r.owner for r in ledger.merged(stored)} == {"ns/b"}
     assert ledger.merged({"uid-a": None}) == []  # b deleted: its decision is dropped
     assert ledger.merged({"uid-a": None, "uid-b": reservation("b", 2)})[0].owner == "ns/b"
+
+
+def test_many_reservations_on_many_nodes_pack_without_overcommitting() -> None:
+    nodes = [node_gpus(node(f"h{i:03d}")) for i in range(200)]
+    held = [reservation(f"r{i:03d}", pods=1, gpus_per_pod=3) for i in range(600)]
+    inventory = build_inventory(nodes, [], reservations=held)
+    # Two 3-GPU pods fit per node (2 GPUs left over): 400 of the 600 pods find room, the rest stay unplaced.
+    assert inventory.pools[0].free_gpus == (2,) * 200
+    holders = dict(inventory.holders)["H100-80GB"]
+    assert holders.count("(reserved) 3") == 400
+
+
+def test_a_node_taken_by_another_kind_of_reservation_is_refiled() -> None:
+    nodes = h100s(2)
+    anywhere = reservation("anywhere", pods=1, gpus_per_pod=6, created="2026-01-01T00:00:00Z")
+    # A second kind (other tolerations) that may use the same nodes.
+    other = Reservation(**{**anywhere.__dict__, "owner_uid": "uid-o", "owner": "ns/o", "tolerations": ()})
+    other = Reservation(**{**other.__dict__, "created": "2026-01-02T00:00:00Z", "pods": 2, "gpus_per_pod": 4})
+    inventory = build_inventory(nodes, [], reservations=[anywhere, other])
+    # anywhere takes 6 of h0; other's first pod finds h0 re-filed at 2 free, so both its pods go to h1 (4 + 4).
+    assert inventory.pools[0].free_gpus == (2, 0)

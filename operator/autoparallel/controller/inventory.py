@@ -8,6 +8,7 @@ GPUs other ParallelDeployments have planned but whose pods are not bound yet (th
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -206,6 +207,34 @@ class Inventory:
     """(pool name, who holds its GPUs): running pods per ParallelDeployment and unbound reservations."""
 
 
+class _FreeBuckets:
+    """The nodes one kind of reservation may use, bucketed by free GPUs, to find the fullest node that still
+    fits in a few steps (reservations of other kinds may have taken GPUs since: such entries are re-filed)."""
+
+    def __init__(self, names: Iterable[str], free: Mapping[str, int]) -> None:
+        self._levels: dict[int, list[str]] = defaultdict(list)
+        for name in sorted(names):
+            heapq.heappush(self._levels[free[name]], name)
+
+    def take(self, need: int, free: dict[str, int]) -> str | None:
+        """Take ``need`` GPUs from the fullest node that has them (then by name); None when none has."""
+        while True:
+            refiled = False
+            for level in sorted(level for level, names in self._levels.items() if level >= need and names):
+                heap = self._levels[level]
+                while heap:
+                    name = heapq.heappop(heap)
+                    if free[name] != level:  # taken from by another kind of reservation: file it where it is now
+                        heapq.heappush(self._levels[free[name]], name)
+                        refiled = True
+                        continue
+                    free[name] -= need
+                    heapq.heappush(self._levels[free[name]], name)
+                    return name
+            if not refiled:
+                return None
+
+
 def _reserve(
     free: dict[str, int],
     gpu_names: Mapping[str, str],
@@ -220,19 +249,19 @@ def _reserve(
     for pod in pods:
         if pod.owner_uid and pod.plan_hash:
             bound[(pod.owner_uid, pod.plan_hash)] += 1
+    buckets: dict[tuple[object, ...], _FreeBuckets] = {}
     for reservation in sorted(reservations, key=lambda r: (r.created, r.owner)):
         unbound = reservation.pods - bound[(reservation.owner_uid, reservation.plan_hash)]
         if unbound <= 0:
             continue
-        candidates = [
-            name for name, node in nodes.items() if name in gpu_names and reservation.can_use(node, gpu_names[name])
-        ]
+        kind = (reservation.gpu_type, reservation.node_selector, reservation.tolerations)
+        if kind not in buckets:  # reservations of one kind share their candidate nodes
+            candidates = [n for n, node in nodes.items() if n in gpu_names and reservation.can_use(node, gpu_names[n])]
+            buckets[kind] = _FreeBuckets(candidates, free)
         for _ in range(unbound):
-            fitting = [name for name in candidates if free[name] >= reservation.gpus_per_pod]
-            if not fitting:
+            node = buckets[kind].take(reservation.gpus_per_pod, free)
+            if node is None:
                 break  # over-committed already: the scheduler will leave that pod Pending
-            node = min(fitting, key=lambda name: (free[name], name))
-            free[node] -= reservation.gpus_per_pod
             holders[node].setdefault(f"{reservation.owner} (reserved)", []).append(reservation.gpus_per_pod)
 
 
