@@ -362,6 +362,8 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
         "parallelism.expert applies to inference",
         "maxGPUs must be at least tensor × pipeline",
         'gpuMemoryUtilization must be a decimal in (0, 1], e.g. "0.90"',
+        "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
+        "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
     ]
 
 

@@ -1,9 +1,10 @@
 """The status table: every condition derived in one pure function from what a reconcile observed."""
 
-from autoparallel.controller.derive import Facts, PendingPod, derive_status
+from autoparallel.controller.derive import Facts, PodProblem, derive_status
 from autoparallel.controller.inventory import NodeGPUs, build_inventory
 from autoparallel.controller.models import ConditionStatus, ParallelDeploymentSpec, ParallelDeploymentStatus
 from autoparallel.controller.planning import PlanFailure, PlanResult, plan_deployment
+from autoparallel.controller.reconcile import pod_problem
 from autoparallel.controller.status import ChildReadiness, get_condition
 
 H100 = (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)
@@ -83,8 +84,8 @@ def test_plan_only_is_never_ready_and_wants_no_replicas() -> None:
 
 def test_unschedulable_pods_and_failed_jobs_degrade() -> None:
     outcome = planned(spec())
-    pending = [PendingPod("uid", "x-0", "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")]
-    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", spec(), outcome=outcome, pending=pending))
+    pending = [PodProblem("uid", "x-0", "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")]
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", spec(), outcome=outcome, problems=pending))
     assert verdicts(status)["Ready"] == ("False", "Unschedulable")
     assert verdicts(status)["Degraded"] == ("True", "Unschedulable")
     failed = [ChildReadiness("Job", "j", 1, 0, failed=True, plan_hash=outcome.status.hash)]
@@ -97,3 +98,41 @@ def test_training_wants_one_workload() -> None:
     status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", training, outcome=planned(training)))
     assert status.replicas.desired == 1
     assert status.conditions[0].status == ConditionStatus.TRUE
+
+
+def _pod(waiting: dict[str, str] | None = None, unschedulable: str | None = None) -> dict[str, object]:
+    status: dict[str, object] = {"phase": "Pending"}
+    if waiting:
+        status["containerStatuses"] = [{"name": "vllm", "state": {"waiting": waiting}}]
+    if unschedulable:
+        status["conditions"] = [{"type": "PodScheduled", "reason": "Unschedulable", "message": unschedulable}]
+    return {"metadata": {"name": "x-0", "labels": {"autoparallel.io/owner-uid": "uid"}}, "status": status}
+
+
+# The kubelet's own texts (pkg/kubelet/kubelet_pods.go makeEnvironmentVariables; the secret manager's NotFound).
+MISSING_SECRET = 'secret "hf-token" not found'
+MISSING_KEY = "couldn't find key HF_TOKEN in Secret team-a/hf-token"
+
+
+def test_the_kubelets_missing_secret_errors_are_secret_not_found() -> None:
+    for message in (MISSING_SECRET, MISSING_KEY):
+        problem = pod_problem(_pod({"reason": "CreateContainerConfigError", "message": message}))
+        assert problem is not None and problem.reason == "SecretNotFound" and message in problem.message
+    other = pod_problem(_pod({"reason": "CreateContainerConfigError", "message": 'configmap "otel" not found'}))
+    assert other is not None and other.reason == "ContainerConfigError"
+    assert pod_problem(_pod({"reason": "ContainerCreating", "message": ""})) is None
+    assert pod_problem(_pod(unschedulable="0/2 nodes are available")).reason == "Unschedulable"  # type: ignore[union-attr]
+
+
+def test_a_missing_secret_keeps_the_plan_and_says_what_to_create() -> None:
+    outcome = planned(spec(model={"name": "meta-llama/Meta-Llama-3.1-8B", "tokenSecretRef": {"name": "hf-token"}}))
+    problem = pod_problem(_pod({"reason": "CreateContainerConfigError", "message": MISSING_SECRET}))
+    assert problem is not None
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", spec(), outcome=outcome, problems=[problem]))
+    assert verdicts(status) == {
+        "Planned": ("True", "Planned"),
+        "Ready": ("False", "SecretNotFound"),
+        "Degraded": ("True", "SecretNotFound"),
+    }
+    ready = get_condition(status.conditions, "Ready")
+    assert ready is not None and MISSING_SECRET in ready.message and "create the Secret" in ready.message

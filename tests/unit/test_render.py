@@ -53,7 +53,11 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
         _plan(Degrees(tensor=4, pipeline=1, data=2), gpus_per_pod=4),
         _spec(
             {
-                "model": {"name": "meta-llama/Llama-3.1-70B-Instruct", "revision": "main"},
+                "model": {
+                    "name": "meta-llama/Llama-3.1-70B-Instruct",
+                    "revision": "main",
+                    "tokenSecretRef": {"name": "hf-token", "key": "token"},
+                },
                 "workload": {"type": "inference", "sequenceLength": 8192, "batchSize": 64},
                 "placement": {
                     "nodeSelector": {"cloud.google.com/gke-nodepool": "h100"},
@@ -69,7 +73,17 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
                 },
                 "serving": {
                     "args": ["--enable-prefix-caching", "--served-model-name", "llama-70b"],
-                    "env": [{"name": "HF_HOME", "value": "/cache/hf"}, {"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
+                    "env": [
+                        {"name": "HF_HOME", "value": "/cache/hf"},
+                        {"name": "VLLM_LOGGING_LEVEL", "value": "INFO"},
+                        {"name": "HF_TOKEN", "value": "a literal never wins over tokenSecretRef"},
+                        {
+                            "name": "OTEL_ENDPOINT",
+                            "valueFrom": {"configMapKeyRef": {"name": "otel", "key": "endpoint"}},
+                        },
+                        {"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                    ],
+                    "envFrom": [{"secretRef": {"name": "vllm-extra"}, "prefix": "VLLM_"}],
                     "gpuMemoryUtilization": "0.92",
                 },
             }
@@ -79,7 +93,7 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
         _plan(Degrees(tensor=8, pipeline=2, data=1), gpus_per_pod=8, nodes_per_replica=2),
         _spec(
             {
-                "model": {"name": "meta-llama/Llama-3.1-405B", "dtype": "bfloat16"},
+                "model": {"name": "meta-llama/Llama-3.1-405B", "dtype": "bfloat16", "tokenSecretRef": {"name": "hf"}},
                 "workload": {"sequenceLength": 16384},
                 "serving": {"kvCacheDtype": "fp8", "port": 8080},
             }
@@ -93,7 +107,7 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
         _plan(Degrees(tensor=2, pipeline=1, data=4), gpus_per_pod=8, micro_batches=4),
         _spec(
             {
-                "model": {"name": "meta-llama/Llama-3.1-8B"},
+                "model": {"name": "meta-llama/Llama-3.1-8B", "tokenSecretRef": {"name": "hf"}},
                 "workload": {"type": "training", "sequenceLength": 4096, "batchSize": 64},
                 "training": {"steps": 500},
             }
@@ -339,10 +353,16 @@ def test_single_node_inference_is_a_deployment_of_dp_vllm_pods() -> None:
     assert command[command.index("--revision") + 1] == "main"
     assert "--dtype" not in command  # auto keeps vLLM's own choice
     assert command[-3:] == ["--enable-prefix-caching", "--served-model-name", "llama-70b"]  # user args last
+    # The token comes from the Secret through the kubelet (a literal HF_TOKEN of the user never wins), the user's
+    # references are passed as written.
     assert container["env"] == [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}},
         {"name": "HF_HOME", "value": "/cache/hf"},
         {"name": "VLLM_LOGGING_LEVEL", "value": "INFO"},
+        {"name": "OTEL_ENDPOINT", "valueFrom": {"configMapKeyRef": {"name": "otel", "key": "endpoint"}}},
+        {"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
     ]
+    assert container["envFrom"] == [{"prefix": "VLLM_", "secretRef": {"name": "vllm-extra"}}]
     assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 600
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"

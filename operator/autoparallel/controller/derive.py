@@ -37,12 +37,14 @@ Verdict = tuple[ConditionStatus, str, str]
 
 
 @dataclass(frozen=True)
-class PendingPod:
-    """A pod of a ParallelDeployment that the scheduler could not place."""
+class PodProblem:
+    """Why a pod of a ParallelDeployment does not run: the scheduler could not place it (``Unschedulable``), or
+    the kubelet could not create its container (``SecretNotFound``, ``ContainerConfigError``)."""
 
     owner_uid: str
     name: str
     message: str
+    reason: str = "Unschedulable"
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,8 @@ class Facts:
     inventory: tuple[PoolInventory, ...] | None = None
     """The pools planned against, when planning ran."""
     children: Sequence[ChildReadiness] = ()
-    pending: Sequence[PendingPod] = ()
-    """Pods the scheduler could not place."""
+    problems: Sequence[PodProblem] = ()
+    """Pods that cannot run, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,20 @@ def _ready(derived: _Derived) -> Verdict:
     if facts.spec.plan_only:
         return ConditionStatus.FALSE, "PlanOnly", "spec.planOnly is set: nothing is created"
     verdict = readiness_condition(derived.desired, facts.children, derived.plan.hash)
-    if verdict[0] != ConditionStatus.TRUE and facts.pending:
-        pod = facts.pending[0]
-        return ConditionStatus.FALSE, "Unschedulable", f"pod {pod.name}: {pod.message}"
+    if verdict[0] != ConditionStatus.TRUE and facts.problems:
+        pod = min(facts.problems, key=lambda p: (p.reason == "Unschedulable", p.name))  # a missing Secret first
+        return ConditionStatus.FALSE, pod.reason, f"pod {pod.name}: {pod.message}{FIXES.get(pod.reason, '')}"
     return verdict
 
 
-DEGRADING_REASONS = ("Failed", "Unschedulable")
+FIXES = {
+    "SecretNotFound": "; create the Secret (kubectl create secret generic NAME --from-literal=KEY=VALUE) in this "
+    "namespace, or fix spec.model.tokenSecretRef / the env references",
+}
+"""What to do, appended to the kubelet's or scheduler's message."""
+
+
+DEGRADING_REASONS = ("Failed", "Unschedulable", "SecretNotFound", "ContainerConfigError")
 """Ready reasons that also make the resource Degraded (besides every planning failure)."""
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from autoparallel.controller import k8s, metrics
 from autoparallel.controller.config import OperatorConfig
-from autoparallel.controller.derive import PendingPod
+from autoparallel.controller.derive import PodProblem
 from autoparallel.controller.inventory import LABEL_OWNER_UID, NodeGPUs, PodGPUs, Reservation, node_gpus, pod_gpus
 from autoparallel.controller.models import GROUP, PLURAL, VERSION
-from autoparallel.controller.reconcile import LEDGER, Snapshot, pending_pod, reconcile, resync_loop
+from autoparallel.controller.reconcile import LEDGER, Snapshot, pod_problem, reconcile, resync_loop
 from autoparallel.controller.reservations import reservation_of
 from autoparallel.controller.status import ChildReadiness, child_readiness
 
@@ -64,8 +66,9 @@ def gpu_pods(body: kopf.Body, **_: Any) -> dict[str, PodGPUs]:
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_OWNER_UID: kopf.PRESENT})
-def own_pending_pods(body: kopf.Body, **_: Any) -> dict[str, PendingPod]:
-    pod = pending_pod(body)
+def own_pod_problems(body: kopf.Body, **_: Any) -> dict[str, PodProblem]:
+    """Our pods that cannot run: unschedulable, or their container cannot be created (a missing Secret)."""
+    pod = pod_problem(body)
     return {pod.owner_uid: pod} if pod else {}
 
 
@@ -91,35 +94,55 @@ def gpu_reservations(body: kopf.Body, **_: Any) -> dict[str, Reservation | None]
     return {body["metadata"]["uid"]: reservation_of(body)}
 
 
-def _shared(indices: Mapping[str, Any]) -> tuple[list[NodeGPUs], list[PodGPUs], dict[str, Reservation | None]]:
-    """The cluster-wide part of a snapshot: nodes, pods, and every resource's reservation."""
+@dataclass(frozen=True)
+class _Shared:
+    """The cluster-wide part of every snapshot of one round, gathered once."""
+
+    nodes: list[NodeGPUs]
+    pods: list[PodGPUs]
+    reservations: dict[str, Reservation | None]
+    pods_by_owner: dict[str, list[PodGPUs]]
+    schedulable: frozenset[str]
+
+
+def _shared(indices: Mapping[str, Any]) -> _Shared:
     nodes = [node for values in indices["gpu_nodes"].values() for node in values]
     pods = [pod for values in indices["gpu_pods"].values() for pod in values]
-    reservations = {uid: next(iter(values), None) for uid, values in indices["gpu_reservations"].items()}
-    return nodes, pods, reservations
+    by_owner: dict[str, list[PodGPUs]] = defaultdict(list)
+    for pod in pods:
+        if pod.owner_uid:
+            by_owner[pod.owner_uid].append(pod)
+    return _Shared(
+        nodes=nodes,
+        pods=pods,
+        reservations={uid: next(iter(values), None) for uid, values in indices["gpu_reservations"].items()},
+        pods_by_owner=by_owner,
+        schedulable=frozenset(node.name for node in nodes if node.schedulable),
+    )
 
 
-def _snapshot(
-    indices: Mapping[str, Any],
-    uid: str,
-    shared: tuple[list[NodeGPUs], list[PodGPUs], dict[str, Reservation | None]] | None = None,
-) -> Snapshot:
-    nodes, pods, reservations = shared or _shared(indices)
+def _snapshot(indices: Mapping[str, Any], uid: str, shared: _Shared | None = None) -> Snapshot:
+    shared = shared or _shared(indices)
     children: list[ChildReadiness] = []
     for index in ("child_deployments", "child_statefulsets", "child_jobs"):
         children.extend(indices[index].get(uid, []))
     return Snapshot(
-        nodes=nodes,
-        pods=pods,
+        nodes=shared.nodes,
+        pods=shared.pods,
         children=children,
-        pending=list(indices["own_pending_pods"].get(uid, [])),
-        reservations=reservations,
+        problems=list(indices["own_pod_problems"].get(uid, [])),
+        reservations=shared.reservations,
+        own_pods=shared.pods_by_owner.get(uid, []),
+        schedulable_nodes=shared.schedulable,
     )
 
 
 def _snapshots(indices: Mapping[str, Any]) -> list[tuple[kopf.Body, Snapshot]]:
-    """Every ParallelDeployment with what the indexes know about it (for the resync loop)."""
+    """Every ParallelDeployment with what the indexes know about it (for the resync loop). The cluster gauges
+    are refreshed here too, once a round: not on every node event (kwok and kubelets update every node's status
+    every few seconds, and a thousand nodes would mean a thousand inventories a heartbeat)."""
     shared = _shared(indices)
+    metrics.record_inventory_from(shared.nodes, shared.pods)
     return [
         (body, _snapshot(indices, uid, shared))
         for uid, bodies in indices["parallel_deployments"].items()
@@ -139,11 +162,3 @@ def on_delete(namespace: str | None, name: str, uid: str | None, **_: Any) -> No
     metrics.forget(namespace or "", name)
     if uid:
         LEDGER.forget(uid)
-
-
-@kopf.on.event("", "v1", "nodes")
-def on_node(**kwargs: Any) -> None:
-    metrics.record_inventory_from(
-        [node for values in kwargs["gpu_nodes"].values() for node in values],
-        [pod for values in kwargs["gpu_pods"].values() for pod in values],
-    )

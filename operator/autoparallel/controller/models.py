@@ -58,6 +58,15 @@ class KVCacheDType(StrEnum):
     FP8 = "fp8"
 
 
+class TokenSecretRef(_Model):
+    """A Secret key in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret."""
+    key: str = Field(default="HF_TOKEN", min_length=1, max_length=253)
+    """Key of the token within the Secret."""
+
+
 class ModelSpec(_Model):
     """Which model to run."""
 
@@ -74,6 +83,9 @@ class ModelSpec(_Model):
     """Weights and activations dtype; auto keeps the checkpoint's (float32 checkpoints run in bfloat16)."""
     quantization: Quantization | None = None
     """Quantize weights at load time; unset reads the checkpoint's quantization_config."""
+    token_secret_ref: TokenSecretRef | None = Field(default=None, alias="tokenSecretRef")
+    """A Secret key holding a Hugging Face token (gated models): every pod that downloads gets it as HF_TOKEN
+    through secretKeyRef. The token is never copied into the resource, its status or the operator."""
 
 
 class WorkloadSpec(_Model):
@@ -142,13 +154,97 @@ class PlacementSpec(_Model):
     """Tolerations added to every pod (GPU nodes are often tainted)."""
 
 
+class KeyRef(_Model):
+    """A key of a Secret or ConfigMap in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret or ConfigMap."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key within it."""
+    optional: bool | None = None
+    """Start the pod even when the object or key is missing."""
+
+
+class FieldRef(_Model):
+    """A field of the pod (downward API)."""
+
+    field_path: str = Field(alias="fieldPath", min_length=1)
+    """e.g. metadata.name, status.podIP."""
+    api_version: str | None = Field(default=None, alias="apiVersion")
+    """Version of the schema fieldPath is written in (v1)."""
+
+
+class EnvVarSource(_Model):
+    """Where a variable's value comes from: exactly one of the three."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) + "
+                    "(has(self.fieldRef) ? 1 : 0) == 1",
+                    "message": "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
+                }
+            ]
+        }
+    )
+
+    secret_key_ref: KeyRef | None = Field(default=None, alias="secretKeyRef")
+    """A key of a Secret (the kubelet reads it; the operator never does)."""
+    config_map_key_ref: KeyRef | None = Field(default=None, alias="configMapKeyRef")
+    """A key of a ConfigMap."""
+    field_ref: FieldRef | None = Field(default=None, alias="fieldRef")
+    """A field of the pod."""
+
+
 class EnvVar(_Model):
-    """An environment variable with a literal value."""
+    """An environment variable: a literal value or a reference, as in a pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set value or valueFrom, not both"}
+            ]
+        }
+    )
 
     name: str = Field(min_length=1)
     """Variable name."""
-    value: str = ""
+    value: str | None = None
     """Literal value."""
+    value_from: EnvVarSource | None = Field(default=None, alias="valueFrom")
+    """A Secret key, ConfigMap key or pod field."""
+
+
+class ObjectRef(_Model):
+    """A Secret or ConfigMap in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Its name."""
+    optional: bool | None = None
+    """Start the pod even when it is missing."""
+
+
+class EnvFromSource(_Model):
+    """Every key of a Secret or ConfigMap as environment variables, as in a pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.secretRef) != has(self.configMapRef)",
+                    "message": "envFrom takes one of secretRef, configMapRef",
+                }
+            ]
+        }
+    )
+
+    prefix: str | None = None
+    """Prepended to every variable name."""
+    secret_ref: ObjectRef | None = Field(default=None, alias="secretRef")
+    """A Secret."""
+    config_map_ref: ObjectRef | None = Field(default=None, alias="configMapRef")
+    """A ConfigMap."""
 
 
 class ServingSpec(_Model):
@@ -171,7 +267,9 @@ class ServingSpec(_Model):
     args: list[str] = Field(default_factory=list)
     """Extra `vllm serve` arguments, appended after the planned ones."""
     env: list[EnvVar] = Field(default_factory=list)
-    """Extra environment variables (e.g. HF_TOKEN from a literal; use a Secret in production)."""
+    """Extra environment variables, literal or from a Secret, ConfigMap or pod field (valueFrom)."""
+    env_from: list[EnvFromSource] = Field(default_factory=list, alias="envFrom")
+    """Every key of Secrets or ConfigMaps as environment variables."""
     gpu_memory_utilization: str = Field(
         default="0.90", alias="gpuMemoryUtilization", pattern=r"^(0?\.[0-9]+|1(\.0+)?)$"
     )
@@ -192,7 +290,9 @@ class TrainingSpec(_Model):
     args: list[str] = Field(default_factory=list)
     """Extra arguments appended to the training command."""
     env: list[EnvVar] = Field(default_factory=list)
-    """Extra environment variables."""
+    """Extra environment variables, literal or from a Secret, ConfigMap or pod field (valueFrom)."""
+    env_from: list[EnvFromSource] = Field(default_factory=list, alias="envFrom")
+    """Every key of Secrets or ConfigMaps as environment variables."""
     steps: int = Field(default=1000, ge=1)
     """Optimizer steps to run."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from autoparallel.controller import k8s, metrics
 from autoparallel.controller.config import OperatorConfig
-from autoparallel.controller.derive import Facts, PendingPod, derive_status
+from autoparallel.controller.derive import Facts, PodProblem, derive_status
 from autoparallel.controller.inventory import (
     LABEL_OWNER_UID,
     Inventory,
@@ -37,7 +38,7 @@ from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_
 from autoparallel.controller.render import render_children
 from autoparallel.controller.render.common import tolerations
 from autoparallel.controller.reservations import Ledger, reservation_for
-from autoparallel.controller.status import PLANNED, ChildReadiness, get_condition, now, status_body
+from autoparallel.controller.status import DEGRADED, PLANNED, ChildReadiness, get_condition, now, status_body
 from autoparallel.planner.search import placement
 
 REPLACE_RETRY_SECONDS = 2
@@ -47,12 +48,24 @@ LEDGER = Ledger()
 """This operator's planning decisions not yet visible in the resources' status (see :mod:`reservations`)."""
 
 
-def pending_pod(body: kopf.Body) -> PendingPod | None:
-    """The scheduler's complaint about an unscheduled pod of ours, if any."""
-    for condition in body.get("status", {}).get("conditions") or []:
+SECRET_MISSING = re.compile(r'secrets? "[^"]+" not found|couldn\'t find key \S+ in Secret \S+')
+"""The kubelet's messages for a missing Secret or key (``CreateContainerConfigError``)."""
+
+
+def pod_problem(body: kopf.Body) -> PodProblem | None:
+    """Why a pod of ours does not run, if it does not: the scheduler's or the kubelet's complaint."""
+    owner = body["metadata"]["labels"][LABEL_OWNER_UID]
+    name = body["metadata"]["name"]
+    status = body.get("status") or {}
+    for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-            owner = body["metadata"]["labels"][LABEL_OWNER_UID]
-            return PendingPod(owner, body["metadata"]["name"], condition.get("message", ""))
+            return PodProblem(owner, name, condition.get("message", ""))
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") == "CreateContainerConfigError":
+            message = waiting.get("message", "")
+            reason = "SecretNotFound" if SECRET_MISSING.search(message) else "ContainerConfigError"
+            return PodProblem(owner, name, f"container {container.get('name')}: {message}", reason)
     return None
 
 
@@ -63,9 +76,13 @@ class Snapshot:
     nodes: Sequence[NodeGPUs]
     pods: Sequence[PodGPUs]
     children: Sequence[ChildReadiness]
-    pending: Sequence[PendingPod]
+    problems: Sequence[PodProblem]
     reservations: Mapping[str, Reservation | None]
     """Every ParallelDeployment (uid) with the reservation its stored status records."""
+    own_pods: Sequence[PodGPUs] = ()
+    """This resource's bound pods."""
+    schedulable_nodes: frozenset[str] = frozenset()
+    """Names of the Ready, uncordoned GPU nodes."""
 
 
 def _current_status(body: kopf.Body) -> ParallelDeploymentStatus:
@@ -94,6 +111,17 @@ def _inventory(spec: ParallelDeploymentSpec, snapshot: Snapshot, uid: str) -> In
     )
 
 
+def _bound_as_planned(plan: PlanStatus, snapshot: Snapshot) -> bool:
+    """Whether every pod of the plan is bound to a schedulable node: then it fits, with no inventory to build
+    (the common case of a resync, and the one that must stay cheap with thousands of resources)."""
+    bound = [pod for pod in snapshot.own_pods if pod.plan_hash == plan.hash]
+    return (
+        bool(plan.pods)
+        and len(bound) >= (plan.pods or 0)
+        and all(pod.node in snapshot.schedulable_nodes for pod in bound)
+    )
+
+
 def _still_fits(plan: PlanStatus, inventory: Inventory) -> bool:
     """Whether the pool of the current plan can still hold all its replicas (our own GPUs count as free)."""
     pool = next((p for p in inventory.pools if p.name == plan.pool), None)
@@ -109,7 +137,7 @@ def _facts(body: kopf.Body, snapshot: Snapshot, spec: ParallelDeploymentSpec | N
         now=now(),
         spec=spec,
         children=snapshot.children,
-        pending=snapshot.pending,
+        problems=snapshot.problems,
         **decided,
     )
 
@@ -148,6 +176,15 @@ async def _event_once(
     )
     if plan_changed or condition_changed:
         await k8s.post_event(body, kind, reason, message)
+
+
+async def _warn_on_degradation(body: kopf.Body, old: ParallelDeploymentStatus, new: ParallelDeploymentStatus) -> None:
+    """A Warning Event when the resource turns Degraded for a new reason (a missing Secret, a failed Job …)."""
+    before, after = get_condition(old.conditions, DEGRADED), get_condition(new.conditions, DEGRADED)
+    if after is None or after.status != ConditionStatus.TRUE:
+        return
+    if before is None or (before.status, before.reason) != (after.status, after.reason):
+        await k8s.post_event(body, "Warning", after.reason, after.message)
 
 
 async def _apply(result: PlanResult, spec: ParallelDeploymentSpec, body: kopf.Body, snapshot: Snapshot) -> list[str]:
@@ -220,8 +257,11 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
     if isinstance(spec, PlanFailure):
         return
     if planned.status == ConditionStatus.TRUE and status.plan is not None:
-        if _still_fits(status.plan, _inventory(spec, snapshot, body["metadata"]["uid"])):
-            _patch(body, patch, derive_status(status, _facts(body, snapshot, spec)))
+        uid = body["metadata"]["uid"]
+        if _bound_as_planned(status.plan, snapshot) or _still_fits(status.plan, _inventory(spec, snapshot, uid)):
+            new = derive_status(status, _facts(body, snapshot, spec))
+            await _warn_on_degradation(body, status, new)
+            _patch(body, patch, new)
             return
         logger.info("the current plan no longer fits the inventory: replanning")
     await _plan_and_apply(body, patch, snapshot, logger, trigger="inventory")

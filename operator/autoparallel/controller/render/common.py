@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH, LABEL_OWNER_UID
-from autoparallel.controller.models import EnvVar, ParallelDeploymentSpec
+from autoparallel.controller.models import EnvFromSource, EnvVar, ParallelDeploymentSpec
 from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
 
 Manifest = dict[str, Any]
@@ -112,15 +112,31 @@ def gpu_resources(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> Manifest:
     }
 
 
+HF_TOKEN = "HF_TOKEN"
+"""The variable huggingface_hub (and so vLLM and transformers) reads the Hub token from."""
+
+
+def token_env(spec: ParallelDeploymentSpec) -> list[Manifest]:
+    """HF_TOKEN from ``spec.model.tokenSecretRef`` (resolved by the kubelet; the operator never reads it)."""
+    ref = spec.model.token_secret_ref
+    if ref is None:
+        return []
+    return [{"name": HF_TOKEN, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
 def env(planned: Iterable[Manifest], user: Sequence[EnvVar]) -> list[Manifest]:
     """The operator's variables, then the user's. Names are unique (server-side apply merges env by name):
     a user variable named like an operator one is dropped, since the planned values must agree across pods;
     of two user variables with one name the last wins, as the kubelet would."""
     merged = {variable["name"]: variable for variable in planned}
-    user_values = {variable.name: variable.value for variable in user}
-    for name, value in user_values.items():
-        merged.setdefault(name, {"name": name, "value": value})
+    user_values = {variable.name: variable.model_dump(by_alias=True, exclude_none=True) for variable in user}
+    for name, variable in user_values.items():
+        merged.setdefault(name, variable)
     return list(merged.values())
+
+
+def env_from(sources: Sequence[EnvFromSource]) -> list[Manifest]:
+    return [source.model_dump(by_alias=True, exclude_none=True) for source in sources]
 
 
 def field_env(name: str, field_path: str) -> Manifest:
@@ -140,6 +156,7 @@ def container(
     env_vars: Sequence[Manifest],
     resources: Manifest,
     probes: Mapping[str, Manifest] | None = None,
+    env_sources: Sequence[Manifest] = (),
 ) -> Manifest:
     """A GPU container with /dev/shm mounted; ``probes`` maps ``readinessProbe`` etc. to their specs."""
     body: Manifest = {"name": name, "image": image, "command": list(command)}
@@ -147,6 +164,8 @@ def container(
         body["ports"] = list(ports)
     if env_vars:
         body["env"] = list(env_vars)
+    if env_sources:
+        body["envFrom"] = list(env_sources)
     body["resources"] = resources
     body["volumeMounts"] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     body.update(probes or {})

@@ -19,12 +19,14 @@ from autoparallel.controller.render.common import (
     container,
     container_port,
     env,
+    env_from,
     field_env,
     gpu_resources,
     object_meta,
     pod_template,
     selector_labels,
     service_port,
+    token_env,
 )
 from autoparallel.planner.commands import ServeOptions, vllm_serve_args
 
@@ -102,7 +104,8 @@ def render_inference_deployment(plan: ChosenPlan, spec: ParallelDeploymentSpec, 
         serving.image,
         vllm_argv(plan, spec),
         ports=[container_port(HTTP_PORT_NAME, serving.port)],
-        env_vars=env([], serving.env),
+        env_vars=env(token_env(spec), serving.env),
+        env_sources=env_from(serving.env_from),
         resources=gpu_resources(plan, spec),
         probes=_probes({"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}}),
     )
@@ -209,7 +212,8 @@ def render_group_statefulset(plan: ChosenPlan, spec: ParallelDeploymentSpec, own
         serving.image,
         ["/bin/sh", "-c", group_script(plan, spec, owner, replica)],
         ports=[container_port(HTTP_PORT_NAME, serving.port), container_port(RAY_PORT_NAME, RAY_PORT)],
-        env_vars=env([field_env("POD_NAME", "metadata.name")], serving.env),
+        env_vars=env([field_env("POD_NAME", "metadata.name"), *token_env(spec)], serving.env),
+        env_sources=env_from(serving.env_from),
         resources=gpu_resources(plan, spec),
         probes=_probes(_group_health_check(serving.port)),
     )
