@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 # Tests and the demo never reach the Hugging Face Hub: catalog ids resolve offline, others fail at once.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: helm chart-lint help install demo crds test test-unit test-cluster lint bench cluster-build cluster-up cluster-down kubeconfig kind-up
+.PHONY: helm chart-lint help install demo crds test test-unit test-cluster lint bench cluster-build cluster-up cluster-restart cluster-down kubeconfig kind-up
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,10 +38,10 @@ test: lint  ## lint, types, then every test (unit + the real local control plane
 test-unit: install  ## the pure tests only (no cluster)
 	$(PYTHON) -m pytest tests/unit
 
-bench: install  ## planner speed per catalog model, calibration error table, operator scale (200 PDs on 100 nodes)
+bench: install  ## planner speed per catalog model, calibration error table, operator scale (docs/benchmark.md)
 	$(PYTHON) -m bench.planner
 	$(PYTHON) -m bench.calibration
-	$(PYTHON) -m bench.operator 200 100
+	$(PYTHON) -m bench.operator --burst 200 --nodes 200 --steady 60 --rate 2 --image-install
 
 cluster-build:  ## build the local control plane binaries once (cached under ~/.cache/autoparallel)
 	hack/build-control-plane.sh
@@ -49,8 +49,14 @@ cluster-build:  ## build the local control plane binaries once (cached under ~/.
 cluster-up:  ## start the local control plane with simulated GPU nodes (idempotent)
 	hack/cluster-up.sh
 
+cluster-restart:  ## kill -9 one component of the local control plane and start it again (COMPONENT=kube-apiserver)
+	hack/cluster-up.sh --restart $(or $(COMPONENT),kube-apiserver)
+
 cluster-down:  ## stop the local control plane and remove its state
 	hack/cluster-down.sh
+
+kind-up:  ## kind cluster + kwok + the simulated GPU nodes (needs Docker and kind; not tested on machines without Docker)
+	hack/kind-up.sh
 
 helm:  ## build the helm CLI once from the Go module proxy (cached under ~/.cache/autoparallel/bin)
 	hack/build-helm.sh

@@ -5,6 +5,8 @@
 #
 # Usage: hack/cluster-up.sh                         start (or reuse a healthy) cluster
 #        hack/cluster-up.sh --print-kubeconfig-path  print the kubeconfig path only (for `make -s kubeconfig`)
+#        hack/cluster-up.sh --restart COMPONENT      kill -9 one component of the running cluster and start it
+#                                                    again with the same flags (fault tests; `make cluster-restart`)
 #
 # Everything runtime (pid files, logs, certificates, etcd data, kubeconfigs) lives in the state dir,
 # $AUTOPARALLEL_CLUSTER_DIR (default ~/.cache/autoparallel/cluster); hack/cluster-down.sh removes it.
@@ -34,6 +36,8 @@ STARTUP_TIMEOUT="${AUTOPARALLEL_STARTUP_TIMEOUT:-120}"
 
 # shellcheck source=hack/cluster/lib.sh
 source "${REPO_ROOT}/hack/cluster/lib.sh"
+# shellcheck source=hack/cluster/nodes.sh
+source "${REPO_ROOT}/hack/cluster/nodes.sh" # register_nodes, nodes_ready (shared with hack/kind-up.sh)
 
 log() { printf '[cluster-up] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -115,6 +119,19 @@ generate_pki() {
     KCM_SIGNING_FLAGS=()
   fi
   printf '%s\n' "${CA_FILE}" >"${pki}/ca-file"
+}
+
+# The flags generate_pki chose, read back from the state dir of a running cluster (for --restart).
+load_pki() {
+  local pki="${STATE_DIR}/pki"
+  CA_FILE="$(cat "${pki}/ca-file")"
+  if [[ -f "${pki}/ca.key" ]]; then
+    APISERVER_TLS_FLAGS=(--tls-cert-file="${pki}/apiserver.crt" --tls-private-key-file="${pki}/apiserver.key")
+    KCM_SIGNING_FLAGS=(--cluster-signing-cert-file="${pki}/ca.crt" --cluster-signing-key-file="${pki}/ca.key")
+  else
+    APISERVER_TLS_FLAGS=(--cert-dir="${pki}/serving")
+    KCM_SIGNING_FLAGS=()
+  fi
 }
 
 # Static bearer tokens (--token-auth-file) for the admin and each component: the controller-manager
@@ -258,28 +275,6 @@ start_kwok() {
 # ---------------------------------------------------------------------------------------------------
 # Simulated GPU nodes
 
-# Creates/updates one Node per entry of the node pools file and deletes simulated nodes no longer in
-# it. Labels, annotations and taints go through `kubectl apply`; capacity/allocatable live in the
-# status subresource, which apply ignores on existing nodes, so they are patched there too.
-register_nodes() {
-  local rendered="${STATE_DIR}/nodes.json" name patch
-  [[ -f "${NODEPOOLS}" ]] || die "node pools file ${NODEPOOLS} not found"
-  "${PYTHON}" "${HELPER}" render-nodes "${NODEPOOLS}" --kubelet-version="$(kube_version)" >"${rendered}"
-  kubectl_ apply --server-side --force-conflicts --field-manager=autoparallel-cluster-up \
-    -f "${rendered}" >/dev/null
-  while read -r name patch; do
-    kubectl_ patch node "${name}" --subresource=status --type=merge -p "${patch}" >/dev/null
-  done < <("${PYTHON}" "${HELPER}" status-patches "${rendered}")
-
-  WANTED_NODES="$("${PYTHON}" "${HELPER}" node-names "${NODEPOOLS}")"
-  for name in $(kubectl_ get nodes -l autoparallel.io/simulated-node=true -o name); do
-    if ! grep -qx "${name#node/}" <<<"${WANTED_NODES}"; then
-      log "removing ${name} (no longer in ${NODEPOOLS})"
-      kubectl_ delete "${name}" --wait=false >/dev/null
-    fi
-  done
-}
-
 kube_version() { awk -F= '$1 == "kubernetes" { print $2 }' "${BIN_DIR}/versions"; }
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,20 +292,6 @@ cluster_healthy() {
 }
 
 default_service_account_exists() { kubectl_ get serviceaccount default -n default -o name; }
-
-# Every node of the pools file exists and has condition Ready=True (kwok's node-initialize stage).
-nodes_ready() {
-  local statuses name missing=()
-  statuses="$(kubectl_ get nodes -l autoparallel.io/simulated-node=true \
-    -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}')"
-  for name in ${WANTED_NODES}; do
-    grep -qx "${name} True" <<<"${statuses}" || missing+=("${name}")
-  done
-  if ((${#missing[@]})); then
-    echo "not Ready yet: ${missing[*]}"
-    return 1
-  fi
-}
 
 # kube-scheduler and kube-controller-manager serve /healthz on their secure ports.
 component_healthz() { # <port>
@@ -348,12 +329,48 @@ find_python() {
   fi
 }
 
+# kill -9 one component and start it again with the flags of cluster-up, then wait until it serves.
+restart_component() { # <component>
+  local comp="$1" pid start=${EPOCHREALTIME}
+  [[ " ${COMPONENTS[*]} " == *" ${comp} "* ]] || die "unknown component ${comp} (one of: ${COMPONENTS[*]})"
+  [[ -f "${STATE_DIR}/.autoparallel-cluster" ]] || die "no local cluster in ${STATE_DIR}: run hack/cluster-up.sh"
+  load_pki
+  if component_alive "${comp}"; then
+    pid="$(cat "$(pid_file "${comp}")")"
+    kill -KILL "${pid}"
+    while component_alive "${comp}"; do sleep 0.1; done
+    log "killed ${comp} (pid ${pid}, SIGKILL)"
+  fi
+  case "${comp}" in
+    etcd) start_etcd ;;
+    kube-apiserver) start_apiserver ;;
+    kube-controller-manager) start_controller_manager ;;
+    kube-scheduler) start_scheduler ;;
+    kwok) start_kwok ;;
+  esac
+  case "${comp}" in
+    etcd | kube-apiserver)
+      wait_for "${STARTUP_TIMEOUT}" "kube-apiserver /readyz" kubectl_ get --raw /readyz --request-timeout=5s ;;
+    kube-controller-manager) wait_for "${STARTUP_TIMEOUT}" "${comp} /healthz" component_healthz "${KCM_PORT}" ;;
+    kube-scheduler) wait_for "${STARTUP_TIMEOUT}" "${comp} /healthz" component_healthz "${SCHEDULER_PORT}" ;;
+    kwok) ;;
+  esac
+  log "restarted ${comp} (pid $(cat "$(pid_file "${comp}")")) in $(awk -v s="${start}" -v e="${EPOCHREALTIME}" \
+    'BEGIN { printf "%.1f", e - s }') s"
+}
+
 main() {
   if [[ "${1:-}" == --print-kubeconfig-path ]]; then
     echo "${KUBECONFIG_PATH}"
     return 0
   fi
-  [[ $# -eq 0 ]] || die "usage: $0 [--print-kubeconfig-path]"
+  if [[ "${1:-}" == --restart && $# -eq 2 ]]; then
+    PYTHON="$(find_python)"
+    BIN_DIR="$("${REPO_ROOT}/hack/build-control-plane.sh" --print-bin-dir)"
+    restart_component "$2"
+    return 0
+  fi
+  [[ $# -eq 0 ]] || die "usage: $0 [--print-kubeconfig-path | --restart COMPONENT]"
 
   PYTHON="$(find_python)"
   BIN_DIR="$("${REPO_ROOT}/hack/build-control-plane.sh" --print-bin-dir)"

@@ -7,6 +7,9 @@
   KUBECONFIG points at the cluster in use, so code under test that reads it talks to the same one.
   `~/.kube/config` is deliberately never used implicitly: tests create and delete objects.
 * `namespace` (function): a fresh namespace for one test, deleted afterwards.
+* `gpu_nodes` (session): this session's own simulated GPU nodes (tests/nodes.py): the pools of
+  hack/nodepools.yaml again, labelled and tainted for this session, so that tests never plan onto GPUs a user
+  or the demo holds; removed at the end of the session.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pytest
 from kubernetes import client
 
 from kube import KubeCluster, reachable, repo_root, wait_for
+from nodes import TEST_RUN_LABEL, TestNodes, default_pools
 
 CLUSTER_UP = repo_root() / "hack" / "cluster-up.sh"
 CLUSTER_DOWN = repo_root() / "hack" / "cluster-down.sh"
@@ -90,3 +94,17 @@ def namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> Iter
         yield name
     finally:
         core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def gpu_nodes(kube_cluster: KubeCluster) -> Iterator[TestNodes]:
+    stale = kube_cluster.core.list_node(label_selector=TEST_RUN_LABEL).items
+    for node in stale:  # nodes an interrupted earlier test session created (never anybody else's)
+        kube_cluster.core.delete_node(node.metadata.name)
+    nodes = TestNodes(kube_cluster)
+    try:
+        for pool in default_pools():
+            nodes.add(pool)
+        yield nodes
+    finally:
+        nodes.remove_all()

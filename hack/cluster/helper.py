@@ -7,6 +7,7 @@ Subcommands:
   node-names POOLS.yaml                          print the node names, one per line
   rss [NAME=]PID...                              print the resident memory of the processes (from /proc)
   rsa-key PATH                                   write a new RSA private key (PKCS#1 PEM) without openssl
+  server-version                                 print gitVersion of the API server's /version JSON on stdin
 
 Only the standard library is used, except PyYAML for reading the node pools file.
 """
@@ -245,6 +246,19 @@ def cmd_rsa_key(args: argparse.Namespace) -> None:
     path.write_text(pem)
 
 
+# --------------------------------------------------------------------------------------------------
+# Server version (hack/kind-up.sh: the kubelet version the simulated nodes report)
+
+
+def cmd_server_version(args: argparse.Namespace) -> None:
+    """``kubectl get --raw /version`` on stdin -> its gitVersion (e.g. v1.34.0)."""
+    try:
+        version = json.load(sys.stdin)["gitVersion"]
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"helper.py server-version: expected the API server's /version JSON on stdin ({error})")
+    print(version)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(required=True)
@@ -265,6 +279,8 @@ def main() -> None:
     p.add_argument("path")
     p.add_argument("--bits", type=int, default=2048)
     p.set_defaults(func=cmd_rsa_key)
+    p = sub.add_parser("server-version")
+    p.set_defaults(func=cmd_server_version)
     args = parser.parse_args()
     args.func(args)
 

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,9 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 
 from kube import KubeCluster, repo_root, wait_for
+from nodes import TestNodes
+
+from . import pd
 
 CRD_FILE = repo_root() / "crds" / "paralleldeployments.autoparallel.io.yaml"
 GROUP, VERSION, PLURAL = "autoparallel.io", "v1alpha1", "paralleldeployments"
@@ -53,28 +59,47 @@ def crd(kube_cluster: KubeCluster) -> str:
 METRICS_PORT = _free_port()
 
 
+TEST_NAMESPACES = "t-*"
+"""The namespaces of the `namespace` fixture: the operators under test watch these and nothing else, so a
+user's resources (the demo's, say) in other namespaces are never touched by a test."""
+
+
+def _test_namespaces(kube_cluster: KubeCluster) -> set[str]:
+    items = kube_cluster.core.list_namespace(label_selector="autoparallel.io/test=true").items
+    return {item.metadata.name for item in items}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_leftovers(kube_cluster: KubeCluster) -> None:
-    """Test namespaces an interrupted earlier run left behind hold simulated GPUs: remove them first."""
-    stale = kube_cluster.core.list_namespace(label_selector="autoparallel.io/test=true").items
-    for item in stale:
-        if item.status.phase == "Active":
-            kube_cluster.core.delete_namespace(item.metadata.name, propagation_policy="Background")
-    wait_for(
-        lambda: not kube_cluster.core.list_pod_for_all_namespaces(label_selector=OWNER_LABEL).items,
-        timeout=120,
-        description="pods of earlier test runs gone",
-    )
+def no_leftovers(kube_cluster: KubeCluster, gpu_nodes: TestNodes) -> Iterator[None]:
+    """Test namespaces an interrupted earlier run left behind: remove them (and wait for their pods) first.
+    Pods of anybody else (the demo's) are left alone: they run on other nodes than the tests'."""
+    stale = _test_namespaces(kube_cluster)
+    for name in stale:
+        kube_cluster.core.delete_namespace(name, propagation_policy="Background")
+
+    def stale_pods() -> list[str]:
+        pods = kube_cluster.core.list_pod_for_all_namespaces(label_selector=OWNER_LABEL).items
+        return [f"{p.metadata.namespace}/{p.metadata.name}" for p in pods if p.metadata.namespace in stale]
+
+    wait_for(lambda: not stale_pods(), timeout=120, description="pods of earlier test runs gone", observe=stale_pods)
+    pd.TEST_NODES = gpu_nodes
+    yield
+    pd.TEST_NODES = None
+
+
+def operator_args(*extra: str) -> list[str]:
+    """`kopf run` arguments of an operator under test: the test namespaces only."""
+    return ["run", "--standalone", "--namespace", TEST_NAMESPACES, "-m", "autoparallel.controller.handlers", *extra]
 
 
 @pytest.fixture
 def operator(kube_cluster: KubeCluster, crd: str) -> Iterator[Operator]:
-    """A fresh operator per test (all namespaces); its settings come from AUTOPARALLEL_* variables."""
+    """A fresh operator per test (the test namespaces); its settings come from AUTOPARALLEL_* variables."""
     env = {"AUTOPARALLEL_RESYNC_SECONDS": "1", "AUTOPARALLEL_METRICS_PORT": str(METRICS_PORT)}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        args = ["run", "--standalone", "--all-namespaces", "-m", "autoparallel.controller.handlers"]
+        args = operator_args()
         with KopfRunner(args, timeout=60) as runner:
             yield Operator(METRICS_PORT, runner)
     assert runner.exception is None, runner.output[-4000:]
@@ -104,3 +129,49 @@ def pd_namespace(namespace: str, kube_cluster: KubeCluster) -> Iterator[str]:
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass
+class OperatorProcess:
+    """`autoparallel operator run` as its own process (what a pod runs), for tests that kill it."""
+
+    process: subprocess.Popen[str]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        """kill -9: no cleanup, no lease release."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def operator_processes(crd: str, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start operator processes watching one namespace; every one still running is stopped at the end."""
+    started: list[OperatorProcess] = []
+    executable = Path(sys.executable).with_name("autoparallel")
+
+    def start(namespace: str, *extra: str) -> OperatorProcess:
+        log = tmp_path / f"operator-{len(started)}.log"
+        args = ["operator", "run", "--namespace", namespace, "--metrics-port", "0", "--liveness-port", "0"]
+        env = {**os.environ, "AUTOPARALLEL_RESYNC_SECONDS": "1", "HF_HUB_OFFLINE": "1"}
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [str(executable), *args, *extra], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+            )
+        started.append(OperatorProcess(process, log))
+        return started[-1]
+
+    yield start
+    for operator_process in started:
+        operator_process.stop()

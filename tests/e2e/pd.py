@@ -7,8 +7,11 @@ from typing import Any
 from kubernetes import client
 
 from kube import KubeCluster, wait_for
+from nodes import TestNodes
 
 GROUP, VERSION, PLURAL = "autoparallel.io", "v1alpha1", "paralleldeployments"
+TEST_NODES: TestNodes | None = None
+"""The session's simulated GPU nodes (set by the e2e session fixture): every resource is placed on them."""
 
 
 def custom(cluster: KubeCluster) -> client.CustomObjectsApi:
@@ -16,7 +19,9 @@ def custom(cluster: KubeCluster) -> client.CustomObjectsApi:
 
 
 def create(cluster: KubeCluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-    return custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    """Create ``body`` restricted to the test session's own GPU nodes."""
+    assert TEST_NODES is not None, "the e2e session fixture sets TEST_NODES"
+    return custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, TEST_NODES.place(body))
 
 
 def get(cluster: KubeCluster, namespace: str, name: str) -> dict[str, Any]:
@@ -55,11 +60,15 @@ def wait_condition(
             return body
         return None
 
+    def observe() -> Any:  # the conditions name what holds the GPUs when the test's capacity is taken
+        current = get(cluster, namespace, name).get("status") or {}
+        return {"conditions": current.get("conditions"), "inventory": current.get("inventory")}
+
     return wait_for(
         check,
         timeout=timeout,
         description=f"{namespace}/{name} {type_}={status} ({reason or 'any reason'})",
-        observe=lambda: (get(cluster, namespace, name).get("status") or {}).get("conditions"),
+        observe=observe,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import autoparallel
 from kube import KubeCluster, wait_for
 
+from . import pd as pds
 from .conftest import Operator, example
 from .pd import children, create, events, get, wait_condition
 
@@ -69,7 +70,8 @@ def test_llama70b_runs_on_h100_with_the_planned_flags(
     assert [s.metadata.name for s in kids["Service"]] == ["llama70b"]
     running = [p for p in kids["Pod"] if p.status.phase == "Running"]
     assert len(running) == plan["data"]
-    assert all(p.spec.node_name.startswith("gpu-h100") for p in running)
+    assert pds.TEST_NODES is not None
+    assert all(p.spec.node_name.startswith(f"e2e-{pds.TEST_NODES.run}-h100-") for p in running)
     assert pd["status"]["replicas"] == {"desired": plan["data"], "ready": plan["data"]}
     wait_for(
         lambda: any(e.reason == "Planned" for e in events(kube_cluster, pd_namespace, "llama70b")),

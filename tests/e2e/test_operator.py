@@ -11,9 +11,10 @@ import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client
 
-from kube import KubeCluster, gone, wait_for
+from kube import KubeCluster, wait_for
 
-from .conftest import Operator
+from . import pd as pds
+from .conftest import Operator, operator_args
 from .pd import children, create, events, get, patch_spec, wait_condition
 
 SMALL = {
@@ -124,7 +125,7 @@ def test_restarting_the_operator_creates_no_duplicates(
 ) -> None:
     monkeypatch.setenv("AUTOPARALLEL_RESYNC_SECONDS", "1")
     monkeypatch.setenv("AUTOPARALLEL_METRICS_PORT", "0")
-    args = ["run", "--standalone", "--all-namespaces", "-m", "autoparallel.controller.handlers"]
+    args = operator_args()
     with KopfRunner(args, timeout=60):
         create(kube_cluster, pd_namespace, SMALL)
         pd = wait_condition(kube_cluster, pd_namespace, "small", "Ready", "True", timeout=60)
@@ -157,53 +158,34 @@ def test_restarting_the_operator_creates_no_duplicates(
     } == versions
 
 
-L40S_NODES = ("e2e-l40s-0", "e2e-l40s-1")
-
-
-def _l40s_node(name: str) -> tuple[dict, dict]:
-    labels = {
-        "kubernetes.io/hostname": name,
-        "type": "kwok",
-        "nvidia.com/gpu.product": "NVIDIA-L40S",
-        "nvidia.com/gpu.memory": "46068",
-        "nvidia.com/gpu.count": "4",
-        "nvidia.com/gpu.present": "true",
-    }
-    resources = {"cpu": "48", "memory": "384Gi", "pods": "110", "nvidia.com/gpu": "4"}
-    node = {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
-    }
-    status = {"status": {"capacity": resources, "allocatable": resources}}
-    return node, status
+L40S_POOL = {
+    "name": "l40s",
+    "count": 2,
+    "gpu": {
+        "product": "NVIDIA-L40S",
+        "count": 4,
+        "memoryMiB": 46068,
+        "family": "ada-lovelace",
+        "computeMajor": 8,
+        "computeMinor": 9,
+    },
+    "capacity": {"cpu": "48", "memory": "384Gi", "pods": "110"},
+}
 
 
 @pytest.fixture
-def l40s_nodes(kube_cluster: KubeCluster) -> Iterator[tuple[str, ...]]:
+def l40s_nodes(kube_cluster: KubeCluster) -> Iterator[list[str]]:
     """Two extra simulated 4 × L40S nodes that only this test uses."""
-    for name in L40S_NODES:
-        node, status = _l40s_node(name)
-        kube_cluster.core.create_node(node)
-        kube_cluster.core.patch_node_status(name, status)
-
-    def ready(name: str) -> bool:
-        conditions = kube_cluster.core.read_node(name).status.conditions or []
-        return any(c.type == "Ready" and c.status == "True" for c in conditions)
-
-    for name in L40S_NODES:
-        wait_for(lambda name=name: ready(name), timeout=60, description=f"node {name} Ready (kwok)")
-    yield L40S_NODES
-    for name in L40S_NODES:
-        try:
-            kube_cluster.core.delete_node(name)
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
+    assert pds.TEST_NODES is not None
+    names = pds.TEST_NODES.add(L40S_POOL)
+    yield names
+    for name in names:
+        if name in pds.TEST_NODES.names:
+            pds.TEST_NODES.remove(name)
 
 
 def test_losing_a_node_replans_onto_what_is_left(
-    operator: Operator, kube_cluster: KubeCluster, pd_namespace: str, l40s_nodes: tuple[str, ...]
+    operator: Operator, kube_cluster: KubeCluster, pd_namespace: str, l40s_nodes: list[str]
 ) -> None:
     body = _with(
         {"objective": "maximize_batch", "placement": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"}}},
@@ -212,8 +194,8 @@ def test_losing_a_node_replans_onto_what_is_left(
     create(kube_cluster, pd_namespace, body)
     pd = wait_condition(kube_cluster, pd_namespace, "elastic", "Ready", "True", timeout=60)
     assert pd["status"]["plan"]["gpus"] == 8 and pd["status"]["plan"]["gpuType"] == "L40S"
-    kube_cluster.core.delete_node(l40s_nodes[1])
-    wait_for(gone(lambda: kube_cluster.core.read_node(l40s_nodes[1])), timeout=30, description="node deleted")
+    assert pds.TEST_NODES is not None
+    pds.TEST_NODES.remove(l40s_nodes[1])
 
     def replanned() -> dict | None:
         current = get(kube_cluster, pd_namespace, "elastic")
@@ -250,5 +232,11 @@ def test_metrics_show_the_planned_values(operator: Operator, kube_cluster: KubeC
     assert total and float(total.group(1)) == plan["memoryPerGPU"]["total"]
     assert re.search(rf"autoparallel_plan_gpus{{{labels}}} {plan['gpus']}\.0", text)
     assert re.search(rf'autoparallel_plan_degree{{dimension="tensor",{labels}}} {plan["tensor"]}\.0', text)
-    assert re.search(r'autoparallel_cluster_gpus{product="H100-80GB",state="total"} 16\.0', text)
+    h100 = [
+        node
+        for node in kube_cluster.core.list_node().items
+        if (node.metadata.labels or {}).get("nvidia.com/gpu.product") == "NVIDIA-H100-80GB-HBM3"
+    ]
+    gpus = sum(int(node.status.allocatable.get("nvidia.com/gpu", 0)) for node in h100)
+    assert re.search(rf'autoparallel_cluster_gpus{{product="H100-80GB",state="total"}} {gpus}\.0', text), gpus
     assert "autoparallel_planning_seconds_count" in text and "autoparallel_reconciles_total" in text

@@ -15,6 +15,7 @@ import yaml
 from kubernetes import client
 
 from kube import KubeCluster, gone, pod_state, repo_root, wait_for
+from nodes import TEST_RUN_LABEL, TestNodes
 
 NODEPOOLS = repo_root() / "hack" / "nodepools.yaml"
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -25,11 +26,13 @@ def pools() -> list[dict[str, Any]]:
     return list(yaml.safe_load(NODEPOOLS.read_text())["pools"])
 
 
-def gpu_pod(name: str, gpus: int, node_selector: dict[str, str] | None = None) -> client.V1Pod:
+def gpu_pod(name: str, gpus: int, nodes: TestNodes, node_selector: dict[str, str] | None = None) -> client.V1Pod:
+    """A pod requesting ``gpus`` GPUs on this test session's own simulated nodes (never on GPUs a user holds)."""
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels={"app": name}),
         spec=client.V1PodSpec(
-            node_selector=node_selector,
+            node_selector={**(node_selector or {}), TEST_RUN_LABEL: nodes.run},
+            tolerations=[client.V1Toleration(**nodes.toleration())],
             containers=[
                 client.V1Container(
                     name="main",
@@ -101,9 +104,9 @@ def test_gpu_nodes_have_labels_and_allocatable_gpus(kube_cluster: KubeCluster) -
 
 
 @pytest.mark.cluster
-def test_pod_with_8_gpus_runs_on_an_h100_node(kube_cluster: KubeCluster, namespace: str) -> None:
+def test_pod_with_8_gpus_runs_on_an_h100_node(kube_cluster: KubeCluster, namespace: str, gpu_nodes: TestNodes) -> None:
     core = kube_cluster.core
-    core.create_namespaced_pod(namespace, gpu_pod("train", 8, {"nvidia.com/gpu.product": H100}))
+    core.create_namespaced_pod(namespace, gpu_pod("train", 8, gpu_nodes, {"nvidia.com/gpu.product": H100}))
 
     def running() -> client.V1Pod | None:
         pod = core.read_namespaced_pod("train", namespace)
@@ -117,14 +120,14 @@ def test_pod_with_8_gpus_runs_on_an_h100_node(kube_cluster: KubeCluster, namespa
     )
     node = core.read_node(pod.spec.node_name)
     assert node.metadata.labels["nvidia.com/gpu.product"] == H100
-    assert pod.spec.node_name.startswith("gpu-h100-")
+    assert pod.spec.node_name.startswith(f"e2e-{gpu_nodes.run}-h100-")
     assert pod.status.pod_ip, "kwok assigns a pod IP"
 
 
 @pytest.mark.cluster
-def test_pod_with_9_gpus_stays_pending(kube_cluster: KubeCluster, namespace: str) -> None:
+def test_pod_with_9_gpus_stays_pending(kube_cluster: KubeCluster, namespace: str, gpu_nodes: TestNodes) -> None:
     core = kube_cluster.core
-    core.create_namespaced_pod(namespace, gpu_pod("too-big", 9))
+    core.create_namespaced_pod(namespace, gpu_pod("too-big", 9, gpu_nodes))
 
     def failed_scheduling() -> list[client.CoreV1Event]:
         events = core.list_namespaced_event(
@@ -147,9 +150,9 @@ def test_pod_with_9_gpus_stays_pending(kube_cluster: KubeCluster, namespace: str
 
 
 @pytest.mark.cluster
-def test_deleted_pod_goes_away(kube_cluster: KubeCluster, namespace: str) -> None:
+def test_deleted_pod_goes_away(kube_cluster: KubeCluster, namespace: str, gpu_nodes: TestNodes) -> None:
     core = kube_cluster.core
-    core.create_namespaced_pod(namespace, gpu_pod("short-lived", 1))
+    core.create_namespaced_pod(namespace, gpu_pod("short-lived", 1, gpu_nodes))
     wait_for(
         lambda: ready(core.read_namespaced_pod("short-lived", namespace)),
         timeout=60,

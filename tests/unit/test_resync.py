@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from autoparallel.controller import k8s, reconcile
 from autoparallel.controller.reconcile import Snapshot, resync_loop
 
-EMPTY = Snapshot(nodes=[], pods=[], children=[], pending=[], reservations={})
+EMPTY = Snapshot(nodes=[], pods=[], children=[], problems=[], reservations={})
 
 
 def body(name: str, created: str) -> dict[str, Any]:
