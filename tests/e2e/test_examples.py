@@ -159,3 +159,37 @@ def test_cannot_fit_example_reports_the_error(operator: Operator, kube_cluster: 
     )
     assert not any(children(kube_cluster, pd_namespace, pd["metadata"]["uid"]).values())
     assert get(kube_cluster, pd_namespace, "too-big")["status"].get("plan") is None
+
+
+def test_gated_example_downloads_into_its_cache_then_serves(
+    operator: Operator, kube_cluster: KubeCluster, pd_namespace: str
+) -> None:
+    body = example("llama70b-instruct-gated.yaml")
+    kube_cluster.core.create_namespaced_secret(
+        pd_namespace, {"metadata": {"name": "hf-token"}, "stringData": {"token": "hf_example"}}
+    )
+    assert pds.TEST_NODES is not None
+    volume = f"e2e-{pds.TEST_NODES.run}-{pd_namespace[-6:]}"
+    kube_cluster.core.create_persistent_volume(
+        {
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "200Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "claimRef": {"namespace": pd_namespace, "name": "llama70b-instruct-model-cache"},
+                "hostPath": {"path": f"/tmp/{volume}"},
+            },
+        }
+    )
+    try:
+        create(kube_cluster, pd_namespace, body)
+        wait_condition(kube_cluster, pd_namespace, "llama70b-instruct", "ModelCached", "True", timeout=90)
+        pd = wait_condition(kube_cluster, pd_namespace, "llama70b-instruct", "Ready", "True", timeout=90)
+        assert pd["status"]["plan"]["pods"] > 1  # several pods share the ReadWriteMany cache
+        [deployment] = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])["Deployment"]
+        env = {e.name: e for e in deployment.spec.template.spec.containers[0].env}
+        assert env["HF_TOKEN"].value_from.secret_key_ref.name == "hf-token"
+        assert env["HF_HUB_OFFLINE"].value == "1"
+    finally:
+        kube_cluster.core.delete_persistent_volume(volume)

@@ -276,6 +276,7 @@ def test_rbac_is_least_privilege(case: tuple[str, str]) -> None:
         "statefulsets": {"list", "watch", "create", "patch", "delete"},
         "jobs": {"get", "list", "watch", "create", "patch", "delete"},
         "services": {"list", "create", "patch", "delete"},
+        "persistentvolumeclaims": {"create", "patch"},
         "events": {"create"},
     }
     watched = values.get("watchNamespaces")

@@ -360,6 +360,8 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
         "serving applies to inference; use training for workload.type training",
         "training applies to workload.type training",
         "parallelism.expert applies to inference",
+        "cache takes claimName or size",
+        "storageClassName, accessModes and retain apply to a cache the operator creates (size)",
         "maxGPUs must be at least tensor × pipeline",
         'gpuMemoryUtilization must be a decimal in (0, 1], e.g. "0.90"',
         "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",

@@ -136,3 +136,51 @@ def test_a_missing_secret_keeps_the_plan_and_says_what_to_create() -> None:
     }
     ready = get_condition(status.conditions, "Ready")
     assert ready is not None and MISSING_SECRET in ready.message and "create the Secret" in ready.message
+
+
+CACHED = {"name": "meta-llama/Meta-Llama-3.1-8B", "cache": {"size": "100Gi"}}
+
+
+def test_model_cached_follows_the_download_job_and_gates_ready() -> None:
+    cached = spec(model=CACHED)
+    outcome = planned(cached)
+    job = ChildReadiness("Job", "x-download-1", 1, 0, plan_hash="d", component="model-download")
+    downloading = derive_status(ParallelDeploymentStatus(), Facts(1, "t", cached, outcome=outcome, children=[job]))
+    assert verdicts(downloading)["ModelCached"] == ("False", "Downloading")
+    assert verdicts(downloading)["Ready"] == ("False", "Downloading")
+    assert verdicts(downloading)["Degraded"] == ("False", "AsPlanned")
+    done = ChildReadiness("Job", "x-download-1", 1, 1, plan_hash="d", component="model-download", complete=True)
+    serving = ChildReadiness("Deployment", "x", 1, 1, plan_hash=outcome.status.hash, component="inference")
+    ready = derive_status(downloading, Facts(1, "t2", cached, children=[done, serving]))
+    assert verdicts(ready)["ModelCached"] == ("True", "Cached") and verdicts(ready)["Ready"] == ("True", "Ready")
+    assert ready.replicas.desired == ready.replicas.ready == 1  # the download Job is no replica
+    failed = ChildReadiness(
+        "Job", "x-download-1", 1, 0, failed=True, plan_hash="d", component="model-download", message="401 Unauthorized"
+    )
+    broken = derive_status(downloading, Facts(1, "t3", cached, children=[failed]))
+    assert verdicts(broken)["ModelCached"] == ("False", "DownloadFailed")
+    assert verdicts(broken)["Degraded"] == ("True", "DownloadFailed")
+    cached_condition = get_condition(broken.conditions, "ModelCached")
+    assert cached_condition is not None and "401 Unauthorized" in cached_condition.message
+
+
+def test_no_model_cached_condition_without_prefetch() -> None:
+    lazy = spec(model={**CACHED, "cache": {"size": "100Gi", "prefetch": False}})
+    status = derive_status(ParallelDeploymentStatus(), Facts(1, "t", lazy, outcome=planned(lazy)))
+    assert "ModelCached" not in verdicts(status)
+    # and a condition left from an earlier spec goes away
+    with_cache = derive_status(ParallelDeploymentStatus(), Facts(1, "t", spec(model=CACHED), outcome=planned(spec())))
+    assert "ModelCached" in verdicts(with_cache)
+    assert "ModelCached" not in verdicts(derive_status(with_cache, Facts(2, "t", lazy, outcome=planned(lazy))))
+
+
+def test_a_read_write_once_cache_refuses_a_plan_of_several_pods() -> None:
+    two = spec(model=CACHED, parallelism={"tensor": 1, "data": 2})
+    outcome = plan_deployment(two, build_inventory([NODE], []))
+    assert isinstance(outcome, PlanFailure) and outcome.reason == "InvalidSpec"
+    assert "spec.model.cache.accessModes" in outcome.message and "ReadWriteMany" in outcome.message
+    shared = spec(
+        model={**CACHED, "cache": {"size": "100Gi", "accessModes": ["ReadWriteMany"]}},
+        parallelism=two.parallelism.model_dump(),
+    )
+    assert isinstance(plan_deployment(shared, build_inventory([NODE], [])), PlanResult)

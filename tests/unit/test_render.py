@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 
 from autoparallel.controller.inventory import LABEL_OWNER_UID
-from autoparallel.controller.models import ParallelDeploymentSpec
+from autoparallel.controller.models import CacheSpec, ParallelDeploymentSpec
 from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
 from autoparallel.controller.render import (
     ANNOTATION_PLAN_HASH,
@@ -36,7 +36,19 @@ from autoparallel.planner.inference import Degrees
 GOLDEN_DIR = Path(__file__).parent / "golden" / "render"
 OWNER = Owner(name="llama", namespace="models", uid="6f1c2a34-9b7e-4c1d-8f3a-2e5d7c9b0a11")
 H100 = "NVIDIA-H100-80GB-HBM3"
-KIND_MODELS = {"Service": "V1Service", "Deployment": "V1Deployment", "StatefulSet": "V1StatefulSet", "Job": "V1Job"}
+KIND_MODELS = {
+    "Service": "V1Service",
+    "Deployment": "V1Deployment",
+    "StatefulSet": "V1StatefulSet",
+    "Job": "V1Job",
+    "PersistentVolumeClaim": "V1PersistentVolumeClaim",
+}
+
+
+def is_cache(manifest: dict[str, Any]) -> bool:
+    """The weight cache's PVC or download Job: not rendered from the plan (no GPUs, a hash of their own)."""
+    component = manifest["metadata"]["labels"].get("app.kubernetes.io/component")
+    return manifest["kind"] == "PersistentVolumeClaim" or component == "model-download"
 
 
 def _plan(degrees: Degrees, gpus_per_pod: int, nodes_per_replica: int = 1, **extra: Any) -> ChosenPlan:
@@ -120,6 +132,20 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
                 "model": {"name": "meta-llama/Llama-3.1-8B"},
                 "workload": {"type": "training", "sequenceLength": 8192, "batchSize": 256},
                 "training": {"args": ["--log-every", "10"], "env": [{"name": "NCCL_DEBUG", "value": "WARN"}]},
+            }
+        ),
+    ),
+    "inference_cached": (
+        _plan(Degrees(tensor=8, pipeline=1, data=1), gpus_per_pod=8),
+        _spec(
+            {
+                "model": {
+                    "name": "meta-llama/Llama-3.1-70B-Instruct",
+                    "revision": "1605565",
+                    "tokenSecretRef": {"name": "hf-token"},
+                    "cache": {"size": "200Gi", "storageClassName": "premium-rwo"},
+                },
+                "workload": {"sequenceLength": 8192, "batchSize": 16},
             }
         ),
     ),
@@ -240,7 +266,7 @@ def assert_known_fields(value: Any, type_name: str, path: str) -> None:
 
 
 def pod_templates(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m["spec"]["template"] for m in manifests if m["kind"] != "Service"]
+    return [m["spec"]["template"] for m in manifests if m["kind"] not in ("Service", "PersistentVolumeClaim")]
 
 
 def main_container(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +307,9 @@ def test_metadata_ties_children_to_the_owner_and_plan(name: str) -> None:
         meta = manifest["metadata"]
         assert meta["namespace"] == OWNER.namespace
         assert meta["name"].startswith(OWNER.name)
+        assert meta["labels"][LABEL_OWNER_UID] == OWNER.uid
+        if is_cache(manifest):
+            continue
         assert meta["ownerReferences"] == [
             {
                 "apiVersion": "autoparallel.io/v1alpha1",
@@ -318,7 +347,7 @@ def test_pods_request_the_planned_gpus_on_the_planned_pool(name: str) -> None:
     plan, spec = CASES[name]
     gpu = spec.placement.gpu_resource
     for manifest in render_case(name):
-        if manifest["kind"] == "Service":
+        if manifest["kind"] == "Service" or is_cache(manifest):
             continue
         resources = main_container(manifest)["resources"]
         assert resources["requests"][gpu] == resources["limits"][gpu] == str(plan.gpus_per_pod)
@@ -527,3 +556,62 @@ def test_user_env_cannot_override_the_rendezvous() -> None:
     assert {"name": "PET_NNODES", "value": "2"} in env
     assert env[-1] == {"name": "WANDB_MODE", "value": "offline"}
     assert main_container(job)["image"] == "registry.example.com/team/trainer:1.4"
+
+
+# --- the weight cache ----------------------------------------------------------------------------------------
+
+
+def test_a_cache_is_a_claim_a_download_job_and_hf_home_in_every_pod() -> None:
+    plan, spec = CASES["inference_cached"]
+    claim, job, service, deployment = render_children(plan, spec, OWNER)
+    assert (claim["kind"], claim["metadata"]["name"]) == ("PersistentVolumeClaim", f"{OWNER.name}-model-cache")
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid  # goes with the resource
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "200Gi"}},
+        "storageClassName": "premium-rwo",
+    }
+    download = job["spec"]["template"]["spec"]
+    assert download["containers"][0]["command"][-3:] == ["meta-llama/Llama-3.1-70B-Instruct", "--revision", "1605565"]
+    assert {e["name"] for e in download["containers"][0]["env"]} == {"HF_TOKEN", "HF_HOME"}
+    assert download["volumes"] == [
+        {"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{OWNER.name}-model-cache"}}
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["HF_HOME"]["value"] == "/model-cache" and env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in pod["containers"][0]["volumeMounts"]
+    assert service["kind"] == "Service"
+    # Until the cache is filled, only the cache exists.
+    assert [m["kind"] for m in render_children(plan, spec, OWNER, model_cached=False)] == [
+        "PersistentVolumeClaim",
+        "Job",
+    ]
+
+
+def test_the_download_job_is_named_after_what_it_downloads_not_the_plan() -> None:
+    plan, spec = CASES["inference_cached"]
+    other_plan = _plan(Degrees(tensor=4, pipeline=1, data=1), gpus_per_pod=4)
+    name = render_children(plan, spec, OWNER)[1]["metadata"]["name"]
+    assert render_children(other_plan, spec, OWNER)[1]["metadata"]["name"] == name
+    newer = spec.model_copy(update={"model": spec.model.model_copy(update={"revision": "main"})})
+    assert render_children(plan, newer, OWNER)[1]["metadata"]["name"] != name
+
+
+def test_an_existing_claim_is_mounted_and_never_created_and_retain_drops_the_owner() -> None:
+    plan, spec = CASES["inference_cached"]
+    existing = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"cache": CacheSpec.model_validate({"claimName": "weights"})})}
+    )
+    kinds = [m["kind"] for m in render_children(plan, existing, OWNER)]
+    assert "PersistentVolumeClaim" not in kinds
+    deployment = render_children(plan, existing, OWNER)[-1]
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "weights"}} in deployment["spec"]["template"][
+        "spec"
+    ]["volumes"]
+    kept = spec.model_copy(
+        update={
+            "model": spec.model.model_copy(update={"cache": CacheSpec.model_validate({"size": "1Ti", "retain": True})})
+        }
+    )
+    assert "ownerReferences" not in render_children(plan, kept, OWNER)[0]["metadata"]

@@ -83,6 +83,11 @@ create when the object does not exist yet.
 - apiGroups: [""]
   resources: [services]
   verbs: [list, create, patch, delete]
+# The weight cache (spec.model.cache.size): a PVC applied once per resource. Never deleted by the operator
+# (garbage collection through its ownerReference does, unless cache.retain).
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [create, patch]
 # Events on ParallelDeployments (Planned, InsufficientMemory, …), posted by the operator and by kopf.
 - apiGroups: [""]
   resources: [events]

@@ -21,6 +21,7 @@ from autoparallel.controller.models import (
     WorkloadType,
 )
 from autoparallel.controller.planning import PlanFailure, PlanResult
+from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD
 from autoparallel.controller.status import (
     DEGRADED,
     PLANNED,
@@ -92,17 +93,40 @@ def _serving(derived: _Derived) -> bool:
     return derived.planned[0] == ConditionStatus.TRUE and derived.plan is not None and derived.facts.spec is not None
 
 
-def _ready(derived: _Derived) -> Verdict:
+def _workloads(children: Sequence[ChildReadiness]) -> list[ChildReadiness]:
+    return [c for c in children if c.component != COMPONENT_DOWNLOAD]
+
+
+def _model_cached(derived: _Derived) -> Verdict | None:
+    """Whether the weight cache holds the model (only with ``cache.prefetch``): the download Job's state."""
+    spec = derived.facts.spec
+    if spec is None or spec.plan_only or spec.model.cache is None or not spec.model.cache.prefetch:
+        return None
+    model = f"{spec.model.name}@{spec.model.revision or 'main'}"
+    job = next((c for c in derived.facts.children if c.component == COMPONENT_DOWNLOAD), None)
+    if job is None:
+        return ConditionStatus.FALSE, "Downloading", f"the download Job of {model} is being created"
+    if job.complete:
+        return ConditionStatus.TRUE, "Cached", f"{model} is in the cache (Job {job.name} completed)"
+    if job.failed:
+        return ConditionStatus.FALSE, "DownloadFailed", f"Job {job.name} failed to download {model}: {job.message}"
+    return ConditionStatus.FALSE, "Downloading", f"Job {job.name} is downloading {model} into the cache"
+
+
+def _ready(derived: _Derived, decided: dict[str, Verdict | None]) -> Verdict:
     facts = derived.facts
     if not _serving(derived):
         return ConditionStatus.FALSE, derived.planned[1], derived.planned[2]
     assert facts.spec is not None and derived.plan is not None
     if facts.spec.plan_only:
         return ConditionStatus.FALSE, "PlanOnly", "spec.planOnly is set: nothing is created"
-    verdict = readiness_condition(derived.desired, facts.children, derived.plan.hash)
+    verdict = readiness_condition(derived.desired, _workloads(facts.children), derived.plan.hash)
     if verdict[0] != ConditionStatus.TRUE and facts.problems:
         pod = min(facts.problems, key=lambda p: (p.reason == "Unschedulable", p.name))  # a missing Secret first
         return ConditionStatus.FALSE, pod.reason, f"pod {pod.name}: {pod.message}{FIXES.get(pod.reason, '')}"
+    cached = decided.get(MODEL_CACHED)
+    if cached is not None and cached[0] != ConditionStatus.TRUE:
+        return ConditionStatus.FALSE, cached[1], f"{cached[2]}; serving pods start once it is cached"
     return verdict
 
 
@@ -113,11 +137,12 @@ FIXES = {
 """What to do, appended to the kubelet's or scheduler's message."""
 
 
-DEGRADING_REASONS = ("Failed", "Unschedulable", "SecretNotFound", "ContainerConfigError")
+DEGRADING_REASONS = ("Failed", "Unschedulable", "SecretNotFound", "ContainerConfigError", "DownloadFailed")
 """Ready reasons that also make the resource Degraded (besides every planning failure)."""
 
 
-def _degraded(derived: _Derived, ready: Verdict) -> Verdict:
+def _degraded(derived: _Derived, ready: Verdict | None) -> Verdict:
+    assert ready is not None
     if derived.planned[0] == ConditionStatus.FALSE:
         return ConditionStatus.TRUE, derived.planned[1], derived.planned[2]
     if ready[1] in DEGRADING_REASONS:
@@ -125,11 +150,15 @@ def _degraded(derived: _Derived, ready: Verdict) -> Verdict:
     return ConditionStatus.FALSE, "AsPlanned", "the plan is being served as planned"
 
 
-RULES: tuple[tuple[str, Callable[[_Derived, dict[str, Verdict]], Verdict]], ...] = (
-    (READY, lambda derived, _: _ready(derived)),
+MODEL_CACHED = "ModelCached"
+
+RULES: tuple[tuple[str, Callable[[_Derived, dict[str, Verdict | None]], Verdict | None]], ...] = (
+    (MODEL_CACHED, lambda derived, _: _model_cached(derived)),
+    (READY, _ready),
     (DEGRADED, lambda derived, decided: _degraded(derived, decided[READY])),
 )
-"""Conditions after ``Planned``, in order; each rule sees the verdicts decided before it."""
+"""Conditions after ``Planned``, in order; each rule sees the verdicts decided before it; None: the condition
+does not apply (and is removed)."""
 
 
 def _desired(spec: ParallelDeploymentSpec | None, plan: PlanStatus | None) -> int:
@@ -153,15 +182,17 @@ def derive_status(previous: ParallelDeploymentStatus, facts: Facts) -> ParallelD
     derived = _Derived(facts, planned, status.plan)
     if _serving(derived) and not (facts.spec is not None and facts.spec.plan_only):
         desired = _desired(facts.spec, status.plan)
-        counts = replicas(facts.children, status.plan.hash if status.plan else None)
+        counts = replicas(_workloads(facts.children), status.plan.hash if status.plan else None)
         derived = _Derived(facts, planned, status.plan, desired, counts.model_copy(update={"desired": desired}))
         status = status.model_copy(update={"replicas": derived.counts})
     elif _serving(derived):
         status = status.model_copy(update={"replicas": Replicas()})
-    decided: dict[str, Verdict] = {PLANNED: planned}
+    decided: dict[str, Verdict | None] = {PLANNED: planned}
     for type_, rule in RULES:
         decided[type_] = rule(derived, decided)
-    conditions = list(status.conditions)
-    for type_, (value, reason, message) in decided.items():
-        conditions = set_condition(conditions, type_, value, reason, message, facts.generation, facts.now)
+    conditions = [c for c in status.conditions if decided.get(c.type, c) is not None]
+    for type_, verdict in decided.items():
+        if verdict is not None:
+            value, reason, message = verdict
+            conditions = set_condition(conditions, type_, value, reason, message, facts.generation, facts.now)
     return status.model_copy(update={"conditions": conditions})

@@ -68,10 +68,18 @@ def _apis() -> dict[str, _KindApi]:
             batch.list_namespaced_job,
             batch.delete_namespaced_job,
         ),
+        "PersistentVolumeClaim": _KindApi(
+            core.patch_namespaced_persistent_volume_claim,
+            core.read_namespaced_persistent_volume_claim,
+            core.list_namespaced_persistent_volume_claim,
+            core.delete_namespaced_persistent_volume_claim,
+        ),
     }
 
 
 MANAGED_KINDS = ("Deployment", "StatefulSet", "Service", "Job")
+"""Kinds of children that are pruned when a plan no longer needs them. Never the weight cache's PVC: it holds
+downloaded weights, and goes with its owner (garbage collection) or stays (``cache.retain``)."""
 
 
 class ChildReplacing(Exception):

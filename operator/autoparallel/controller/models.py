@@ -67,6 +67,44 @@ class TokenSecretRef(_Model):
     """Key of the token within the Secret."""
 
 
+class AccessMode(StrEnum):
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+
+
+class CacheSpec(_Model):
+    """Where the model's weights live between pod starts: an existing PVC, or one the operator creates."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.claimName) != has(self.size)", "message": "cache takes claimName or size"},
+                {
+                    "rule": "!has(self.claimName) || (!has(self.storageClassName) && !has(self.accessModes) "
+                    "&& !has(self.retain))",
+                    "message": "storageClassName, accessModes and retain apply to a cache the operator creates (size)",
+                },
+            ]
+        }
+    )
+
+    claim_name: str | None = Field(default=None, alias="claimName", min_length=1, max_length=253)
+    """An existing PersistentVolumeClaim in the resource's namespace (never deleted by the operator)."""
+    size: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+    """Create the PVC <name>-model-cache of this size (e.g. 200Gi: the checkpoint's size plus room)."""
+    storage_class_name: str | None = Field(default=None, alias="storageClassName")
+    """Storage class of the created PVC (the cluster's default when unset)."""
+    access_modes: list[AccessMode] | None = Field(default=None, alias="accessModes", min_length=1)
+    """Access modes of the created PVC (default ReadWriteOnce: then every pod of the plan must share one
+    node; a plan of several pods needs ReadWriteMany, e.g. NFS, EFS, Filestore, CephFS)."""
+    prefetch: bool = True
+    """Download the model into the cache with a Job before any serving pod starts; the pods then load it
+    offline (HF_HUB_OFFLINE=1). Without prefetch, the first pod downloads it into the cache."""
+    retain: bool = False
+    """Keep the created PVC when the ParallelDeployment is deleted (it is otherwise garbage-collected)."""
+
+
 class ModelSpec(_Model):
     """Which model to run."""
 
@@ -83,6 +121,8 @@ class ModelSpec(_Model):
     """Weights and activations dtype; auto keeps the checkpoint's (float32 checkpoints run in bfloat16)."""
     quantization: Quantization | None = None
     """Quantize weights at load time; unset reads the checkpoint's quantization_config."""
+    cache: CacheSpec | None = None
+    """A weight cache (HF_HOME on a PVC) that restarts and replans reuse instead of downloading again."""
     token_secret_ref: TokenSecretRef | None = Field(default=None, alias="tokenSecretRef")
     """A Secret key holding a Hugging Face token (gated models): every pod that downloads gets it as HF_TOKEN
     through secretKeyRef. The token is never copied into the resource, its status or the operator."""

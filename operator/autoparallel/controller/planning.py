@@ -19,6 +19,7 @@ from autoparallel.controller.models import (
     WorkloadType,
 )
 from autoparallel.controller.plan import ChosenPlan
+from autoparallel.controller.render.cache import shared_by_one_node_only
 from autoparallel.planner import analyze
 from autoparallel.planner.errors import (
     AutoParallelError,
@@ -193,6 +194,15 @@ def plan_deployment(
         plan_hash=digest,
         micro_batches=max(1, spec.workload.batch_size // best["data_parallel"]),
     )
+    pods = max(1, degrees.total_gpus // gpus_per_pod)
+    if pods > 1 and shared_by_one_node_only(spec):
+        return PlanFailure(
+            "InvalidSpec",
+            f"spec.model.cache.accessModes: a ReadWriteOnce cache is mounted by the pods of one node only, and the "
+            f"plan has {pods} pods ({degrees.data} replica(s) × {best['nodes_per_replica']} node(s)): use "
+            "accessModes [ReadWriteMany] (NFS, EFS, Filestore, CephFS), an existing ReadWriteMany claimName, or "
+            "pin parallelism.data: 1",
+        )
     status = PlanStatus(
         tensor=degrees.tensor,
         pipeline=degrees.pipeline,
@@ -202,7 +212,7 @@ def plan_deployment(
         gpus_per_replica=best["gpus_per_replica"],
         nodes=best["nodes"],
         nodes_per_replica=best["nodes_per_replica"],
-        pods=max(1, degrees.total_gpus // gpus_per_pod),
+        pods=pods,
         gpus_per_pod=gpus_per_pod,
         gpu_type=best["gpu_type"],
         pool=pool.name,

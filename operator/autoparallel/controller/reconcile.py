@@ -35,8 +35,9 @@ from autoparallel.controller.inventory import (
 from autoparallel.controller.models import ConditionStatus, ParallelDeploymentSpec, ParallelDeploymentStatus, PlanStatus
 from autoparallel.controller.plan import Owner
 from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
-from autoparallel.controller.render import render_children
-from autoparallel.controller.render.common import tolerations
+from autoparallel.controller.render import LABEL_COMPONENT, render_children
+from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD, download_job_name
+from autoparallel.controller.render.common import prefetched, tolerations
 from autoparallel.controller.reservations import Ledger, reservation_for
 from autoparallel.controller.status import DEGRADED, PLANNED, ChildReadiness, get_condition, now, status_body
 from autoparallel.planner.search import placement
@@ -109,6 +110,16 @@ def _inventory(spec: ParallelDeploymentSpec, snapshot: Snapshot, uid: str) -> In
         tolerations=tolerations(spec),
         reservations=LEDGER.merged(snapshot.reservations),
     )
+
+
+def _cache_filled_since(spec: ParallelDeploymentSpec, plan: PlanStatus, snapshot: Snapshot, body: kopf.Body) -> bool:
+    """The download Job completed and the plan's workloads do not exist yet: time to create them."""
+    if spec.plan_only or not prefetched(spec):
+        return False
+    meta = body["metadata"]
+    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    has_workloads = any(c.plan_hash == plan.hash and c.component != COMPONENT_DOWNLOAD for c in snapshot.children)
+    return not has_workloads and _model_cached(spec, owner, snapshot)
 
 
 def _bound_as_planned(plan: PlanStatus, snapshot: Snapshot) -> bool:
@@ -187,13 +198,30 @@ async def _warn_on_degradation(body: kopf.Body, old: ParallelDeploymentStatus, n
         await k8s.post_event(body, "Warning", after.reason, after.message)
 
 
+def _of_the_plan(manifest: Mapping[str, Any]) -> bool:
+    """A workload rendered for the plan (not a Service, not the weight cache's PVC or download Job)."""
+    component = manifest["metadata"].get("labels", {}).get(LABEL_COMPONENT)
+    return manifest["kind"] not in ("Service", "PersistentVolumeClaim") and component != COMPONENT_DOWNLOAD
+
+
+def _model_cached(spec: ParallelDeploymentSpec, owner: Owner, snapshot: Snapshot) -> bool:
+    """Whether serving pods may start: no prefetch asked, or its download Job completed."""
+    if not prefetched(spec):
+        return True
+    name = download_job_name(spec, owner)
+    return any(c.kind == "Job" and c.name == name and c.complete for c in snapshot.children)
+
+
 async def _apply(result: PlanResult, spec: ParallelDeploymentSpec, body: kopf.Body, snapshot: Snapshot) -> list[str]:
     meta = body["metadata"]
     owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
-    manifests = [] if spec.plan_only else render_children(result.plan, spec, owner)
-    workloads = {(m["kind"], m["metadata"]["name"]) for m in manifests if m["kind"] != "Service"}
-    current = {(c.kind, c.name) for c in snapshot.children if c.plan_hash == result.plan.plan_hash}
-    if manifests and workloads <= current and not any(c.plan_hash != result.plan.plan_hash for c in snapshot.children):
+    cached = _model_cached(spec, owner, snapshot)
+    manifests = [] if spec.plan_only else render_children(result.plan, spec, owner, cached)
+    plan_hash = result.plan.plan_hash
+    workloads = {(m["kind"], m["metadata"]["name"]) for m in manifests if _of_the_plan(m)}
+    current = {(c.kind, c.name) for c in snapshot.children if c.plan_hash == plan_hash}
+    stale = any(c.plan_hash != plan_hash for c in snapshot.children if c.component != COMPONENT_DOWNLOAD)
+    if workloads and workloads <= current and not stale:
         return []  # the children of this exact plan exist: nothing to write
     # Children of earlier plans (or of another kind) can only exist when the index has seen workloads.
     prune = bool(snapshot.children)
@@ -258,6 +286,10 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
         return
     if planned.status == ConditionStatus.TRUE and status.plan is not None:
         uid = body["metadata"]["uid"]
+        if _cache_filled_since(spec, status.plan, snapshot, body):
+            logger.info("the model is in the cache: starting the serving pods")
+            await _plan_and_apply(body, patch, snapshot, logger, trigger="spec")
+            return
         if _bound_as_planned(status.plan, snapshot) or _still_fits(status.plan, _inventory(spec, snapshot, uid)):
             new = derive_status(status, _facts(body, snapshot, spec))
             await _warn_on_degradation(body, status, new)

@@ -61,6 +61,12 @@ class ChildReadiness:
     ready: int
     failed: bool = False
     plan_hash: str | None = None
+    component: str = ""
+    """``app.kubernetes.io/component``: inference, training or model-download."""
+    complete: bool = False
+    """A Job that finished successfully."""
+    message: str = ""
+    """Why a Job failed (its Failed condition's message)."""
 
 
 def child_readiness(body: Mapping[str, Any]) -> ChildReadiness | None:
@@ -70,28 +76,31 @@ def child_readiness(body: Mapping[str, Any]) -> ChildReadiness | None:
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     plan_hash = (meta.get("annotations") or {}).get("autoparallel.io/plan-hash")
+    component = (meta.get("labels") or {}).get("app.kubernetes.io/component", "")
     if kind == "Deployment":
         desired = int(spec.get("replicas", 1))
-        return ChildReadiness(
-            kind, meta["name"], desired, min(desired, int(status.get("readyReplicas") or 0)), plan_hash=plan_hash
-        )
+        ready = min(desired, int(status.get("readyReplicas") or 0))
+        return ChildReadiness(kind, meta["name"], desired, ready, plan_hash=plan_hash, component=component)
     if kind == "StatefulSet":  # one multi-node replica: ready when all its pods are
         desired = int(spec.get("replicas", 1))
-        return ChildReadiness(
-            kind, meta["name"], 1, int(int(status.get("readyReplicas") or 0) >= desired), plan_hash=plan_hash
-        )
+        ready = int(int(status.get("readyReplicas") or 0) >= desired)
+        return ChildReadiness(kind, meta["name"], 1, ready, plan_hash=plan_hash, component=component)
     if kind == "Job":
-        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
         parallelism = int(spec.get("parallelism", 1))
         running = int(status.get("ready") or 0) >= parallelism
-        complete = conditions.get("Complete") == "True"
+        complete = (conditions.get("Complete") or {}).get("status") == "True"
+        failed = conditions.get("Failed") or {}
         return ChildReadiness(
             kind,
             meta["name"],
             1,
             int(running or complete),
-            failed=conditions.get("Failed") == "True",
+            failed=failed.get("status") == "True",
             plan_hash=plan_hash,
+            component=component,
+            complete=complete,
+            message=str(failed.get("message") or failed.get("reason") or ""),
         )
     return None
 

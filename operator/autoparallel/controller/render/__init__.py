@@ -11,6 +11,7 @@ from __future__ import annotations
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH
 from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
 from autoparallel.controller.plan import ChosenPlan, Owner
+from autoparallel.controller.render.cache import render_cache
 from autoparallel.controller.render.common import (
     CHILD_KINDS,
     LABEL_COMPONENT,
@@ -53,8 +54,18 @@ __all__ = [
 ]
 
 
-def render_children(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:
-    """Every child of the ParallelDeployment, Services before the workloads that resolve them."""
+def render_children(
+    plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner, model_cached: bool = True
+) -> list[Manifest]:
+    """Every child of the ParallelDeployment: the weight cache first, then Services before the workloads that
+    resolve them. Until the download Job has filled the cache (``model_cached`` False), only the cache."""
+    cache = render_cache(spec, owner)
+    if not model_cached:
+        return cache
+    return [*cache, *_workloads(plan, spec, owner)]
+
+
+def _workloads(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:
     if spec.workload.type is WorkloadType.TRAINING:
         return [render_training_service(plan, spec, owner), render_training_job(plan, spec, owner)]
     if plan.nodes_per_replica == 1:

@@ -22,7 +22,6 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "autoparallel"
 """Value of ``app.kubernetes.io/managed-by`` on every child; with the owner-uid label it finds stale children."""
-"""Annotation on every child: the plan it was rendered from (status counts only children of the current plan)."""
 
 COMPONENT_INFERENCE = "inference"
 COMPONENT_TRAINING = "training"
@@ -34,6 +33,10 @@ data loader, and host memory for tokenizers and staging buffers. Kept to what th
 leave allocatable (4 vCPU and 16 GiB per GPU, e.g. AWS g5.xlarge), so a request never makes a planned pod
 unschedulable. Requests only: no CPU limit (throttling stalls NCCL proxy threads) and no memory limit (loading
 checkpoints fills the page cache, which a limit would turn into OOM kills)."""
+
+CACHE_VOLUME = "model-cache"
+CACHE_PATH = "/model-cache"
+"""Where the weight cache (spec.model.cache) is mounted; HF_HOME points here (hub/ holds the snapshots)."""
 
 SHM_VOLUME = "dshm"
 SHM_SIZE_LIMIT = "16Gi"
@@ -124,6 +127,41 @@ def token_env(spec: ParallelDeploymentSpec) -> list[Manifest]:
     return [{"name": HF_TOKEN, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
+def claim_name(spec: ParallelDeploymentSpec, owner: Owner) -> str | None:
+    cache = spec.model.cache
+    if cache is None:
+        return None
+    return cache.claim_name or f"{owner.name}-model-cache"
+
+
+def prefetched(spec: ParallelDeploymentSpec) -> bool:
+    return spec.model.cache is not None and spec.model.cache.prefetch
+
+
+def cache_env(spec: ParallelDeploymentSpec) -> list[Manifest]:
+    """HF_HOME on the cache, and offline loading once the model was prefetched."""
+    if spec.model.cache is None:
+        return []
+    variables = [{"name": "HF_HOME", "value": CACHE_PATH}]
+    if prefetched(spec):
+        variables.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    return variables
+
+
+def cache_volume(spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:
+    claim = claim_name(spec, owner)
+    return [] if claim is None else [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}]
+
+
+def cache_mount(spec: ParallelDeploymentSpec) -> list[Manifest]:
+    return [] if spec.model.cache is None else [{"name": CACHE_VOLUME, "mountPath": CACHE_PATH}]
+
+
+def model_env(spec: ParallelDeploymentSpec) -> list[Manifest]:
+    """What every pod that loads the model needs: the token and the cache."""
+    return [*token_env(spec), *cache_env(spec)]
+
+
 def env(planned: Iterable[Manifest], user: Sequence[EnvVar]) -> list[Manifest]:
     """The operator's variables, then the user's. Names are unique (server-side apply merges env by name):
     a user variable named like an operator one is dropped, since the planned values must agree across pods;
@@ -188,8 +226,8 @@ def pod_template(
     if selector:
         pod_spec["nodeSelector"] = selector
     pod_spec["tolerations"] = tolerations(spec)
-    pod_spec["containers"] = [main]
-    pod_spec["volumes"] = [shm_volume()]
+    pod_spec["containers"] = [{**main, "volumeMounts": [*main.get("volumeMounts", []), *cache_mount(spec)]}]
+    pod_spec["volumes"] = [shm_volume(), *cache_volume(spec, owner)]
     # The plan hash on the pods too: a reservation counts the pods of its plan that are bound.
     metadata = {
         "labels": {**labels(owner, component), **(extra_labels or {})},

@@ -17,11 +17,11 @@ from autoparallel.controller.render.common import (
     env_from,
     field_env,
     gpu_resources,
+    model_env,
     object_meta,
     pod_template,
     selector_labels,
     service_port,
-    token_env,
 )
 from autoparallel.planner.commands import (
     TORCHRUN_MASTER_PORT,
@@ -121,7 +121,7 @@ def render_training_job(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: O
         training.image,
         ["/bin/sh", "-c", training_script(plan, spec)],
         ports=[container_port(TORCHRUN_PORT_NAME, TORCHRUN_MASTER_PORT)],
-        env_vars=env([*training_env(plan, owner), *token_env(spec)], training.env),
+        env_vars=env([*training_env(plan, owner), *model_env(spec)], training.env),
         env_sources=env_from(training.env_from),
         resources=gpu_resources(plan, spec),
     )
