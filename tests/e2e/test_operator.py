@@ -185,8 +185,9 @@ def l40s_nodes(kube_cluster: KubeCluster) -> Iterator[list[str]]:
 
 
 def test_losing_a_node_replans_onto_what_is_left(
-    operator: Operator, kube_cluster: KubeCluster, pd_namespace: str, l40s_nodes: list[str]
+    l40s_nodes: list[str], operator: Operator, kube_cluster: KubeCluster, pd_namespace: str
 ) -> None:
+    # The nodes come first (fixture order): the operator starts knowing them, so the first plan sees both.
     body = _with(
         {"objective": "maximize_batch", "placement": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"}}},
         "elastic",
