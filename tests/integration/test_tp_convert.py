@@ -1,7 +1,9 @@
 """convert_to_tp on real process groups: torchrun starts 2 and 4 CPU ranks (gloo) running
-tp_workers/tp_convert_worker.py, which converts an MLP, a GPT-style transformer, a transformers Llama and a
-transformers Qwen3 (per-head q/k norms, whose gradients must be summed over ranks) and writes what it
-measured; these tests assert on every rank's report."""
+tp_workers/tp_convert_worker.py, which converts an MLP, a GPT-style transformer, a flat-block transformer (norms
+and projections side by side in one module), a transformer with fused qkv and gate_up projections, and
+transformers' Llama, Qwen3 (per-head q/k norms, whose gradients must be summed over ranks), GPT-2 (Conv1D, fused
+c_attn) and Qwen3-MoE (experts split across the ranks), and writes what it measured; these tests assert on every
+rank's report."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.torch
 
 WORKER = Path(__file__).parent / "tp_workers" / "tp_convert_worker.py"
 EXAMPLE = Path(__file__).parents[2] / "examples" / "parallel" / "tp_convert.py"
-MODELS = ("mlp", "gpt", "llama", "qwen3")
+MODELS = ("mlp", "gpt", "llama", "qwen3", "flat", "fused", "gpt2", "qwen3_moe")
 TOLERANCE = 1e-5
 WORKER_TIMEOUT_SECONDS = 300
 
@@ -109,12 +111,38 @@ def test_bias_placement_column_sharded_row_added_once(ranks: list[dict[str, Any]
     assert qwen3["model.layers.0.self_attn.q_norm.weight"] == qwen3["model.layers.0.self_attn.k_norm.weight"] == "plain"
 
 
-def test_tied_lm_head_stays_tied_and_head_counts_become_local(ranks: list[dict[str, Any]]) -> None:
+def test_flat_blocks_split_their_projections_and_keep_their_norms(ranks: list[dict[str, Any]]) -> None:
+    flat = ranks[0]["models"]["flat"]["placements"]
+    for name in ("wq", "wk", "wv", "w_gate", "w_up"):
+        assert flat[f"blocks.1.{name}.weight"] == "S(0)"
+    assert flat["blocks.1.wo.weight"] == flat["blocks.1.w_down.weight"] == "S(1)"
+    assert flat["blocks.1.norm1.weight"] == flat["blocks.1.norm2.weight"] == "plain"
+
+
+def test_conv1d_and_experts_take_their_own_placements(ranks: list[dict[str, Any]]) -> None:
+    gpt2 = ranks[0]["models"]["gpt2"]["placements"]  # Conv1D stores its weight [in, out]
+    assert gpt2["transformer.h.0.attn.c_attn.weight"] == gpt2["transformer.h.0.mlp.c_fc.weight"] == "S(1)"
+    assert gpt2["transformer.h.0.attn.c_attn.bias"] == "S(0)"
+    assert gpt2["transformer.h.0.attn.c_proj.weight"] == gpt2["transformer.h.0.mlp.c_proj.weight"] == "S(0)"
+    assert gpt2["transformer.h.0.attn.c_proj.bias"] == "R"
+    moe = ranks[0]["models"]["qwen3_moe"]["placements"]
+    assert moe["model.layers.0.mlp.experts.gate_up_proj"] == moe["model.layers.0.mlp.experts.down_proj"] == "S(0)"
+    assert moe["model.layers.0.mlp.gate.weight"] == "plain"  # the router: every rank routes every token
+
+
+def test_tied_lm_head_stays_tied_and_global_sizes_become_local(ranks: list[dict[str, Any]]) -> None:
     world = len(ranks)
+    expected = {
+        "gpt": {"blocks.0.attn.n_head": 4, "blocks.1.attn.n_head": 4},
+        "flat": {"blocks.1.n_heads": 8, "blocks.1.n_kv_heads": 4},
+        "fused": {"blocks.0.n_head": 4, "blocks.0.width": 32},  # the size qkv is split by
+        "gpt2": {"transformer.h.1.attn.num_heads": 4, "transformer.h.1.attn.split_size": 32},
+    }
     for report in ranks:
-        gpt = report["models"]["gpt"]
-        assert gpt["tied_lm_head"] is True
-        assert gpt["head_counts"] == [4 // world, 4 // world]
+        assert report["models"]["gpt"]["tied_lm_head"] is True
+        for model, sizes in expected.items():
+            local = report["models"][model]["local_attributes"]
+            assert {name: local[name] for name in sizes} == {name: size // world for name, size in sizes.items()}
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -122,3 +122,16 @@ def test_estimate_rejects_nonsense() -> None:
         estimate_tp_memory(model, 0)
     with pytest.raises(InvalidConfigurationError, match="tokens: must be at least 1"):
         estimate_tp_memory(model, 2, tokens=0)
+
+
+def test_kv_heads_fewer_than_ranks_are_replicated_and_the_estimate_says_so() -> None:
+    report = _analysis("meta-llama/Llama-3.1-70B")  # 8 KV heads
+    sixteen = estimate_tp_memory(report, 16)
+    layers = {name.rsplit(".", 1)[-1] for name in sixteen.replicated_heads}
+    assert (len(sixteen.replicated_heads), layers) == (160, {"k_proj", "v_proj"})
+    k_proj = report.layer("model.layers.0.self_attn.k_proj")
+    assert k_proj.rank_bytes(16) == k_proj.memory_bytes // 8  # one whole KV head on each rank
+    assert not sixteen.convertible
+    assert "KV heads replicated: 160 layer(s) have fewer heads than ranks" in sixteen.summary()
+    assert sixteen.to_dict()["replicated_heads"][0] == "model.layers.0.self_attn.k_proj"
+    assert estimate_tp_memory(report, 8).replicated_heads == ()

@@ -3,18 +3,22 @@
 The plan maps every split layer to one of DTensor's styles:
 
 * paired column layers: ``ColwiseParallel()`` — weight and bias sharded on the output features, the output
-  left local (each rank computes its heads, its slice of the MLP width);
+  left local (each rank computes its heads, its slice of the MLP width); a fused one (``qkv``, ``gate_up``)
+  first has its rows re-ordered so that each rank's shard holds its slice of every part;
 * paired row layers: ``RowwiseParallel()`` — weight sharded on the input features, the partial outputs
   all-reduced once, the bias (replicated) added once after the sum;
 * unpaired column layers (a lm_head): ``ColwiseParallel(output_layouts=Replicate())`` — output all-gathered;
 * unpaired row layers: ``RowwiseParallel(input_layouts=Replicate())`` — the input sliced locally;
 * vocab-parallel embeddings: ``RowwiseParallel(input_layouts=Replicate())`` — rows sharded, lookups outside a
-  rank's rows masked, the result all-reduced.
+  rank's rows masked, the result all-reduced;
+* transformers' ``Conv1D`` takes the same styles with its transposed weight, MoE experts
+  :class:`tp_styles.ExpertParallel` (see :mod:`tp_styles`).
 
-Attention modules that store their head counts (``num_heads``, ``n_head``, …) get them divided by the world
-size, as vLLM and torchtitan do; modules that reshape with ``-1`` (transformers) need nothing. Per-head norms
-inside a block (Qwen3's q_norm/k_norm) stay replicated and get their gradients summed over the ranks, as
-transformers' ``replicated_with_grad_allreduce`` does.
+Attributes holding global sizes that the split activations are reshaped or cut with (head counts such as
+``num_heads``, a fused projection's split size) are divided by the world size, as vLLM and torchtitan do;
+modules that reshape with ``-1`` (transformers) need nothing. Replicated parameters applied to split activations
+(Qwen3's per-head q_norm/k_norm) get their gradients summed over the ranks, as transformers'
+``replicated_with_grad_allreduce`` does.
 """
 
 from __future__ import annotations
@@ -29,23 +33,13 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
-from autoparallel.parallel.tp_analysis import analyze_tp, declared_head_dim
+from autoparallel.parallel.tp_analysis import analyze_tp
 from autoparallel.parallel.tp_report import LayerAnalysis, TPAnalysisReport
 from autoparallel.parallel.tp_structure import TPStyle
+from autoparallel.parallel.tp_styles import Conv1DColwiseParallel, Conv1DRowwiseParallel, ExpertParallel, fused_order
 from autoparallel.planner.errors import InvalidConfigurationError
 
 logger = logging.getLogger(__name__)
-
-HEAD_COUNT_ATTRIBUTES = (
-    "num_heads",
-    "n_heads",
-    "n_head",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "num_kv_heads",
-    "n_kv_heads",
-)
-"""Head-count attributes of attention modules (transformers, nanoGPT, torchtitan) that become per-rank counts."""
 
 
 class TensorParallelError(InvalidConfigurationError):
@@ -60,18 +54,30 @@ def is_tensor_parallel(model: nn.Module) -> bool:
 def _check_layer(layer: LayerAnalysis, world_size: int) -> None:
     if not layer.parallelizable or layer.tied_to is not None:
         return
-    dimension = {TPStyle.COLUMN: "out_features", TPStyle.ROW: "in_features", TPStyle.VOCAB: "num_embeddings"}
+    dimension = {
+        TPStyle.COLUMN: "out_features",
+        TPStyle.ROW: "in_features",
+        TPStyle.VOCAB: "num_embeddings",
+        TPStyle.EXPERT: "num_experts",
+    }
     what = f"{dimension[layer.style]} ({layer.split_size})"
     where = f"layer {layer.name!r} ({layer.layer_type})"
+    odd_part = next((part for part in layer.fused_parts if part % world_size), None)
+    if odd_part is not None:
+        raise TensorParallelError(
+            f"{where}: each part of the fused projection {list(layer.fused_parts)} must be divisible by the "
+            f"tensor-parallel world size ({world_size}); {odd_part} is not"
+        )
     if layer.paired and layer.split_size % world_size:
         raise TensorParallelError(
             f"{where}: {what} must be divisible by the tensor-parallel world size ({world_size}) to split it "
             f"{layer.style}-wise in block {layer.block or '(root)'}"
         )
     if layer.paired and layer.heads is not None and layer.heads % world_size:
+        width = layer.split_size // (len(layer.fused_parts) or 1)  # of one part, for a fused layer
         raise TensorParallelError(
-            f"{where}: the number of attention heads ({layer.heads} = {layer.split_size} / head_dim "
-            f"{layer.split_size // layer.heads}) must be divisible by the tensor-parallel world size ({world_size})"
+            f"{where}: the number of attention heads ({layer.heads} = {width} / head_dim {width // layer.heads}) "
+            f"must be divisible by the tensor-parallel world size ({world_size})"
         )
     if layer.split_size < world_size:
         raise TensorParallelError(
@@ -81,10 +87,15 @@ def _check_layer(layer: LayerAnalysis, world_size: int) -> None:
 
 
 def _style(layer: LayerAnalysis) -> ParallelStyle:
+    if layer.style is TPStyle.EXPERT:
+        return ExpertParallel(layer.split_size)
+    transposed = layer.layer_type == "Conv1D"
     if layer.style is TPStyle.COLUMN:
-        return ColwiseParallel() if layer.paired else ColwiseParallel(output_layouts=Replicate())
+        column = Conv1DColwiseParallel if transposed else ColwiseParallel
+        return column() if layer.paired else column(output_layouts=Replicate())
     if layer.style is TPStyle.ROW:
-        return RowwiseParallel() if layer.paired else RowwiseParallel(input_layouts=Replicate())
+        row = Conv1DRowwiseParallel if transposed else RowwiseParallel
+        return row() if layer.paired else row(input_layouts=Replicate())
     return RowwiseParallel(input_layouts=Replicate())
 
 
@@ -101,20 +112,31 @@ def build_tp_plan(report: TPAnalysisReport, world_size: int) -> dict[str, Parall
     return {layer.name: _style(layer) for layer in report.layers if layer.parallelizable}
 
 
-def _local_head_counts(model: nn.Module, report: TPAnalysisReport, world_size: int) -> dict[tuple[str, str], int]:
-    """(block, attribute) → per-rank value for head-count attributes of the paired attention blocks.
-
-    An attribute counts heads only when, times the block's head_dim, it equals a column layer's output width."""
+def _local_attributes(model: nn.Module, report: TPAnalysisReport, world_size: int) -> dict[tuple[str, str], int]:
+    """(module, attribute) → per-rank value of the global sizes the report lists; an error when one does not
+    divide."""
     updates: dict[tuple[str, str], int] = {}
-    for block in sorted({layer.block for layer in report.layers if layer.block is not None}):
-        module = model.get_submodule(block)
-        head_dim = declared_head_dim(module)
-        widths = {layer.split_size for layer in report.layers if layer.block == block and layer.style is TPStyle.COLUMN}
-        for attribute in HEAD_COUNT_ATTRIBUTES:
-            value = getattr(module, attribute, None)
-            if isinstance(value, int) and head_dim and value * head_dim in widths:
-                updates[(block, attribute)] = value // world_size
+    for path, attribute in report.local_attributes:
+        value = getattr(model.get_submodule(path), attribute)
+        if value % world_size:
+            raise TensorParallelError(
+                f"{path or '(root)'}.{attribute} ({value}) must be divisible by the tensor-parallel world size "
+                f"({world_size}): the split activations are reshaped or cut with it"
+            )
+        updates[(path, attribute)] = value // world_size
     return updates
+
+
+def _reorder_fused(model: nn.Module, report: TPAnalysisReport, world_size: int) -> None:
+    """Re-order fused column layers so that each rank's ``Shard(0)`` holds its slice of every part."""
+    for layer in report.layers:
+        if layer.fused_parts and layer.parallelizable:
+            order = fused_order(layer.fused_parts, world_size)
+            module = model.get_submodule(layer.name)
+            with torch.no_grad():
+                for name, parameter in module.named_parameters(recurse=False):
+                    dim = 1 if layer.layer_type == "Conv1D" and name == "weight" else 0
+                    parameter.data = parameter.data.index_select(dim, order.to(parameter.device))
 
 
 def _tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
@@ -165,8 +187,9 @@ def convert_to_tp(
     world_size = device_mesh.size()
     report = analysis or analyze_tp(model, max_world_size=world_size)
     plan = build_tp_plan(report, world_size)
-    head_counts = _local_head_counts(model, report, world_size)
+    attributes = _local_attributes(model, report, world_size)
     ties = _tied_parameters(model)
+    _reorder_fused(model, report, world_size)
     root_style = plan.pop("", None)
     if plan:
         parallelize_module(model, device_mesh, plan)
@@ -176,8 +199,8 @@ def convert_to_tp(
         shared = getattr(model.get_submodule(owner_module), owner_name)
         for module_name, name in others:
             setattr(model.get_submodule(module_name), name, shared)
-    for (block, attribute), value in head_counts.items():
-        setattr(model.get_submodule(block), attribute, value)
+    for (path, attribute), value in attributes.items():
+        setattr(model.get_submodule(path), attribute, value)
     for layer in report.layers:
         if layer.inside_block is not None:
             for parameter in model.get_submodule(layer.name).parameters(recurse=False):

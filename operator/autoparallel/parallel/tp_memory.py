@@ -2,7 +2,8 @@
 
 Pure arithmetic over a :class:`TPAnalysisReport`. The weights per rank follow DTensor's sharding and the
 planner's rules (``autoparallel.planner.inference._layer_bytes``): paired layers split evenly, the vocabulary
-split by rows, norms and biases of row layers replicated, KV heads fewer than ranks kept whole (one per rank).
+split by rows, experts by experts, norms and biases of row layers replicated, and — when a layer has fewer
+heads than ranks (grouped-query attention's KV heads) — one whole head per rank, vLLM's KV-head replication.
 docs/tensor-parallel.md compares the figures with the planner's for the same model.
 """
 
@@ -38,6 +39,9 @@ class TPMemoryEstimate:
     tokens: int
     convertible: bool
     """Whether ``convert_to_tp`` accepts this world size (every paired layer and its heads divide evenly)."""
+    replicated_heads: tuple[str, ...] = ()
+    """Layers with fewer heads than ranks: each rank keeps one whole head (vLLM replicates KV heads so), which
+    the weights per rank count; ``convert_to_tp`` rejects such a world size."""
 
     @property
     def memory_per_rank_bytes(self) -> int:
@@ -64,6 +68,11 @@ class TPMemoryEstimate:
             f"Total per rank: {human_bytes(self.total_memory_per_rank_bytes)}",
             f"Savings: {self.memory_savings_percentage:.1f}%",
         ]
+        if self.replicated_heads:
+            lines.append(
+                f"KV heads replicated: {len(self.replicated_heads)} layer(s) have fewer heads than ranks (first: "
+                f"{self.replicated_heads[0]}); each rank keeps one whole head, as vLLM does"
+            )
         if not self.convertible:
             lines.append("convert_to_tp rejects this world size: a paired layer or its heads do not divide by it")
         return "\n".join(lines)
@@ -79,6 +88,7 @@ class TPMemoryEstimate:
             "memory_savings_percentage": round(self.memory_savings_percentage, 3),
             "tokens": self.tokens,
             "convertible": self.convertible,
+            "replicated_heads": list(self.replicated_heads),
         }
 
 
@@ -109,4 +119,7 @@ def estimate_tp_memory(
         communication_buffer_bytes=_communication_buffer(report, world_size, tokens),
         tokens=tokens,
         convertible=all(layer.divides(world_size) for layer in report.layers),
+        replicated_heads=tuple(
+            layer.name for layer in report.layers if layer.heads is not None and layer.heads < world_size
+        ),
     )

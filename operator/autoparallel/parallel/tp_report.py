@@ -30,14 +30,20 @@ class LayerAnalysis:
     reason: str
     """Why this style: the block it pairs in, the shape rule, or why it stays replicated."""
     block: str | None = None
-    """The module (``""``: the root) whose column layers feed this row layer, or whose row layer this column
-    feeds; None when the layer is split on its own and its collective runs right after it."""
+    """The module (``""``: the root) holding the pair this layer belongs to (for experts: the MoE block); None
+    when the layer is split on its own and its collective runs right after it."""
+    pair: str | None = None
+    """The column/row pair this layer belongs to, named after its row layer(s) (experts: their module)."""
     split_size: int = 0
     """Size of the dimension that is split (out_features, in_features, or the vocabulary)."""
     split_bytes: int = 0
     """Bytes of the parameters split along it (a row layer's bias is not: it is added once)."""
     heads: int | None = None
-    """Attention heads along the split dimension, when the module declares its ``head_dim``."""
+    """Attention heads along the split dimension (the size it takes once the activations are reshaped into
+    heads), when it is reshaped into heads."""
+    fused_parts: tuple[int, ...] = ()
+    """A fused column layer's parts along its output features (q, k, v of one ``qkv``; gate and up of one
+    ``gate_up``): each is split, so the weight is re-ordered for the conversion (see ``tp_convert``)."""
     collective_width: int = 0
     """Width of the tensor the layer's own collective carries per token (0: none, the pair's row does it)."""
     tied_to: str | None = None
@@ -53,6 +59,15 @@ class LayerAnalysis:
     @property
     def paired(self) -> bool:
         return self.block is not None
+
+    @property
+    def collective(self) -> str:
+        """The collective the split costs right after this layer (forward pass), or for its gradient."""
+        if self.style is TPStyle.COLUMN:
+            return "none: its output stays split for the pair's row layer" if self.paired else "all-gather"
+        if self.style is TPStyle.NONE:
+            return "all-reduce of its gradient" if self.inside_block is not None else "none"
+        return "all-reduce"
 
     def rank_bytes(self, world_size: int, rank: int = 0) -> int:
         """Parameter bytes rank ``rank`` holds under ``world_size``-way tensor parallelism.
@@ -72,7 +87,8 @@ class LayerAnalysis:
         uneven, since their collective re-assembles them at once."""
         if not self.paired:
             return True
-        return self.split_size % world_size == 0 and (self.heads is None or self.heads % world_size == 0)
+        sizes = (self.split_size, *self.fused_parts, *([] if self.heads is None else [self.heads]))
+        return all(size % world_size == 0 for size in sizes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,8 +101,11 @@ class LayerAnalysis:
             "parameters": list(self.parameters),
             "reason": self.reason,
             "block": self.block,
+            "pair": self.pair,
+            "collective": self.collective,
             "split_size": self.split_size,
             "heads": self.heads,
+            "fused_parts": list(self.fused_parts),
             "tied_to": self.tied_to,
             "inside_block": self.inside_block,
         }
@@ -105,6 +124,13 @@ class TPAnalysisReport:
     memory_budget_bytes: int
     """Per-device budget for the weights the suggestion aims at."""
     recommendations: Mapping[str, str] = field(default_factory=dict)
+    pairing: str = ""
+    """How the pairs were found: the traced graph's dataflow, or the module structure and why."""
+    traced: bool = False
+    """Whether the pairs come from the traced graph (False: from the module structure)."""
+    local_attributes: tuple[tuple[str, str], ...] = ()
+    """(module, attribute) holding a global size that the conversion divides by the world size: head counts
+    that reshapes read, the part size a fused projection is split by."""
 
     @property
     def total_memory_bytes(self) -> int:
@@ -137,12 +163,13 @@ class TPAnalysisReport:
     def summary(self) -> str:
         """A readable report: totals, the suggestion, layers grouped across repeated blocks, recommendations."""
         parallel = [layer for layer in self.layers if layer.parallelizable]
-        blocks = {layer.block for layer in self.layers if layer.block is not None}
+        pairs = {layer.pair for layer in self.layers if layer.pair is not None}
         per_rank = self.per_rank_bytes(self.suggested_world_size)
         lines = [
             "=== TP Model Analysis ===",
-            f"Total layers: {len(self.layers)} ({len(parallel)} parallelizable, {len(blocks)} paired blocks, "
+            f"Total layers: {len(self.layers)} ({len(parallel)} parallelizable, {len(pairs)} paired blocks, "
             "one all-reduce each)",
+            f"Pairing: {self.pairing}",
             f"Parameters: {self.parameter_count:,}",
             f"Total memory: {human_bytes(self.total_memory_bytes)} ({self.total_memory_bytes:,} bytes)",
             f"Parallelizable: {human_bytes(self.parallelizable_memory_bytes)} ({self.parallelizable_percentage:.1f}%)",
@@ -168,6 +195,9 @@ class TPAnalysisReport:
             "valid_world_sizes": list(self.valid_world_sizes),
             "max_world_size": self.max_world_size,
             "memory_budget_bytes": self.memory_budget_bytes,
+            "pairing": self.pairing,
+            "traced": self.traced,
+            "local_attributes": [list(item) for item in self.local_attributes],
             "recommendations": dict(self.recommendations),
             "layers": [layer.to_dict() for layer in self.layers],
         }

@@ -41,6 +41,8 @@ class TPStyle(StrEnum):
     """Input features split (weight dim 1, bias added once after the all-reduce): ``RowwiseParallel``."""
     VOCAB = "vocab"
     """Embedding rows (the vocabulary) split, lookups masked and all-reduced: ``RowwiseParallel`` on Embedding."""
+    EXPERT = "expert"
+    """Fused MoE expert tensors split by experts (expert parallel over the TP ranks), outputs all-reduced."""
     NONE = "none"
     """Replicated on every rank."""
 

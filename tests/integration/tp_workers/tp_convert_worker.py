@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from models import TinyGPT, mlp, tiny_llama, tiny_qwen3
+from models import FlatTransformer, FusedTransformer, TinyGPT, mlp, tiny_gpt2, tiny_llama, tiny_qwen3, tiny_qwen3_moe
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
@@ -31,6 +31,7 @@ from autoparallel.parallel import (
     estimate_tp_memory,
     is_tensor_parallel,
 )
+from autoparallel.parallel.tp_styles import fused_order
 
 SEED = 1234
 BATCH, TOKENS = 2, 8
@@ -52,13 +53,17 @@ def _regression_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return functional.mse_loss(output, target)
 
 
-def _split_dim(report: TPAnalysisReport, parameter: str) -> int | None:
-    """The dimension the analysis says this parameter is split on (None: replicated)."""
+def _layout(report: TPAnalysisReport, parameter: str, world: int) -> tuple[int | None, torch.Tensor | None]:
+    """(dimension the analysis splits this parameter on or None, row order of a fused layer or None)."""
     module, _, leaf = parameter.rpartition(".")
     layer = report.layer(module)
+    transposed = layer.layer_type == "Conv1D" and leaf == "weight"  # Conv1D stores its weight [in, out]
+    order = fused_order(layer.fused_parts, world) if layer.fused_parts else None
     if layer.style is TPStyle.ROW:
-        return 1 if leaf == "weight" else None
-    return 0 if layer.parallelizable else None
+        return (0 if transposed else 1) if leaf == "weight" else None, None
+    if layer.style is TPStyle.COLUMN:
+        return (1 if transposed else 0), order
+    return (0 if layer.parallelizable else None), None
 
 
 def _expected_shard(full: torch.Tensor, dim: int | None, world: int, rank: int) -> torch.Tensor:
@@ -99,11 +104,15 @@ def check_model(
     local_bytes = 0
     for name, p in converted.named_parameters():
         assert p.grad is not None, name
-        grad_diff = max(grad_diff, (_full(p.grad) - reference_params[name].grad).abs().max().item())
+        dim, order = _layout(report, name, world)
+        original, expected_grad = originals[name], reference_params[name].grad
+        if order is not None:  # a fused layer's rows are re-ordered: [part slices of rank 0, of rank 1, …]
+            original, expected_grad = original.index_select(dim, order), expected_grad.index_select(dim, order)
+        grad_diff = max(grad_diff, (_full(p.grad) - expected_grad).abs().max().item())
         local = p.to_local() if isinstance(p, DTensor) else p
         local_bytes += local.numel() * local.element_size()
         placements[name] = str(p.placements[0]) if isinstance(p, DTensor) else "plain"
-        shard = _expected_shard(originals[name], _split_dim(report, name), world, rank)
+        shard = _expected_shard(original, dim, world, rank)
         shard_diff = max(shard_diff, (local.detach() - shard).abs().max().item() if shard.numel() else 0.0)
         if local.shape != shard.shape:
             shard_diff = float("inf")
@@ -123,7 +132,10 @@ def check_model(
         "second_conversion_same_parameters": [id(p) for p in again.parameters()] == ids_before,
         "tied_lm_head": getattr(getattr(converted, "lm_head", None), "weight", None)
         is getattr(getattr(converted, "wte", None), "weight", 0),
-        "head_counts": [block.attn.n_head for block in getattr(converted, "blocks", [])],
+        "local_attributes": {
+            f"{path}.{attribute}": getattr(converted.get_submodule(path), attribute)
+            for path, attribute in report.local_attributes
+        },
     }
 
 
@@ -148,19 +160,24 @@ def main(out_dir: Path) -> None:
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     generator = torch.Generator().manual_seed(SEED)
-    ids_gpt = torch.randint(0, 97, (BATCH, TOKENS), generator=generator)
-    ids_llama = torch.randint(0, 101, (BATCH, TOKENS), generator=generator)
+    ids = {vocab: torch.randint(0, vocab, (BATCH, TOKENS), generator=generator) for vocab in (96, 97, 101)}
     x = torch.randn(BATCH, TOKENS, 16, generator=generator)
     y = torch.randn(BATCH, TOKENS, 16, generator=generator)
+    token_models: dict[str, tuple[Callable[[], nn.Module], int]] = {
+        "gpt": (TinyGPT, 97),
+        "llama": (tiny_llama, 101),
+        "qwen3": (tiny_qwen3, 101),
+        "flat": (FlatTransformer, 96),
+        "fused": (FusedTransformer, 97),
+        "gpt2": (tiny_gpt2, 101),
+        "qwen3_moe": (tiny_qwen3_moe, 101),
+    }
+    models = {"mlp": check_model(mlp, x, y, mesh)}
+    models |= {name: check_model(build, ids[vocab], None, mesh) for name, (build, vocab) in token_models.items()}
     result = {
         "rank": dist.get_rank(),
         "world_size": dist.get_world_size(),
-        "models": {
-            "mlp": check_model(mlp, x, y, mesh),
-            "gpt": check_model(TinyGPT, ids_gpt, None, mesh),
-            "llama": check_model(tiny_llama, ids_llama, None, mesh),
-            "qwen3": check_model(tiny_qwen3, ids_llama, None, mesh),
-        },
+        "models": models,
         "rejections": check_rejections(mesh),
     }
     (out_dir / f"rank{dist.get_rank()}.json").write_text(json.dumps(result, indent=2))
