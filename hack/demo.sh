@@ -44,10 +44,24 @@ echo "== what the operator created"
 "${KUBECTL}" get deployments,statefulsets,jobs,services,pods -l "app.kubernetes.io/instance=${NAME}" -o wide
 echo
 echo "== metrics (curl localhost:8080/metrics | grep autoparallel_memory_per_gpu_bytes)"
-"${VENV}/bin/python" - <<'PY'
-import urllib.request
-text = urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=5).read().decode()
-print("\n".join(line for line in text.splitlines() if line.startswith("autoparallel_memory_per_gpu_bytes")))
+# On a second run the resource is Ready before this operator has even started: wait (bounded) until the operator
+# serves /metrics and has reported the resource again.
+"${VENV}/bin/python" - "${NAME}" <<'PY'
+import sys, time, urllib.error, urllib.request
+deadline = time.monotonic() + 120
+wanted = f'name="{sys.argv[1]}"'
+while True:
+    try:
+        text = urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=5).read().decode()
+    except (urllib.error.URLError, OSError):
+        text = ""
+    lines = [line for line in text.splitlines() if line.startswith("autoparallel_memory_per_gpu_bytes")]
+    if any(wanted in line for line in lines):
+        print("\n".join(lines))
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"the operator did not report {sys.argv[1]} on :8080/metrics within 120 s")
+    time.sleep(0.5)  # polling interval of a bounded wait
 PY
 echo
 echo "The cluster keeps running: export KUBECONFIG=${KUBECONFIG}; run the operator yourself with"
