@@ -338,7 +338,9 @@ restart_component() { # <component>
   if component_alive "${comp}"; then
     pid="$(cat "$(pid_file "${comp}")")"
     kill -KILL "${pid}"
-    while component_alive "${comp}"; do sleep 0.1; done
+    # Gone from /proc, or a zombie: only then are its sockets closed (its executable link disappears earlier,
+    # while it still holds its listening port).
+    while [[ -e "/proc/${pid}" && "$(awk '{ print $3 }' "/proc/${pid}/stat" 2>/dev/null)" != Z ]]; do sleep 0.1; done
     log "killed ${comp} (pid ${pid}, SIGKILL)"
   fi
   case "${comp}" in
