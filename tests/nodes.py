@@ -75,14 +75,25 @@ class TestNodes:
             self.cluster.core.create_node(node)
             self.names.append(name)
             self.cluster.core.patch_node_status(name, {"status": status})
-            created.append(name)
-        for name in created:
-            wait_for(lambda name=name: self._ready(name), timeout=60, description=f"node {name} Ready (kwok)")
-        return created
+            created.append((name, status))
+        for name, status in created:
+            wait_for(
+                lambda name=name, status=status: self._ready(name, status),
+                timeout=60,
+                description=f"node {name} Ready (kwok) with its GPUs allocatable",
+            )
+        return [name for name, _ in created]
 
-    def _ready(self, name: str) -> bool:
-        conditions = self.cluster.core.read_node(name).status.conditions or []
-        return any(c.type == "Ready" and c.status == "True" for c in conditions)
+    def _ready(self, name: str, status: dict[str, Any]) -> bool:
+        """Ready, and its GPUs allocatable: kwok's initialisation of a new node can land after the status patch
+        and drop the GPUs from it, so the patch is made again until both hold."""
+        node = self.cluster.core.read_node(name)
+        conditions = node.status.conditions or []
+        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+        gpus = (node.status.allocatable or {}).get("nvidia.com/gpu") == status["allocatable"]["nvidia.com/gpu"]
+        if ready and not gpus:
+            self.cluster.core.patch_node_status(name, {"status": status})
+        return ready and gpus
 
     def remove(self, name: str) -> None:
         try:
