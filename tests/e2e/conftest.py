@@ -93,8 +93,10 @@ def operator_args(*extra: str) -> list[str]:
 
 
 @pytest.fixture
-def operator(kube_cluster: KubeCluster, crd: str) -> Iterator[Operator]:
-    """A fresh operator per test (the test namespaces); its settings come from AUTOPARALLEL_* variables."""
+def operator(kube_cluster: KubeCluster, crd: str, namespace: str) -> Iterator[Operator]:
+    """A fresh operator per test (the test namespaces); its settings come from AUTOPARALLEL_* variables. The
+    test's namespace exists before it starts, so it watches it from its first listing (a namespace created later
+    is found through kopf's namespace watch, which lags under load)."""
     env = {"AUTOPARALLEL_RESYNC_SECONDS": "1", "AUTOPARALLEL_METRICS_PORT": str(METRICS_PORT)}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
