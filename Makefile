@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 # Tests and the demo never reach the Hugging Face Hub: catalog ids resolve offline, others fail at once.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: helm chart-lint help install demo crds test test-unit test-cluster lint bench cluster-build cluster-up cluster-restart cluster-down kubeconfig kind-up
+.PHONY: third-party-crds k8s-schemas helm chart-lint help install demo crds test test-unit test-cluster lint bench cluster-build cluster-up cluster-restart cluster-down kubeconfig kind-up
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ cluster-down:  ## stop the local control plane and remove its state
 
 kind-up:  ## kind cluster + kwok + the simulated GPU nodes (needs Docker and kind; not tested on machines without Docker)
 	hack/kind-up.sh
+
+third-party-crds:  ## generate the optional integrations' CRDs (Prometheus Operator) from their Go modules, once
+	hack/build-crds.sh
+
+k8s-schemas:  ## rewrite the embedded core/v1 schemas of spec.podTemplate from k8s.io/kubernetes (after a version bump)
+	python3 hack/k8s-schemas.py
 
 helm:  ## build the helm CLI once from the Go module proxy (cached under ~/.cache/autoparallel/bin)
 	hack/build-helm.sh

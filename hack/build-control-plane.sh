@@ -60,15 +60,7 @@ go_build() { # <component> <dest dir> <go build args...>
 # Moves a finished build into place and drops the cached builds of other versions of the component
 # (a cluster still running them is unaffected: Linux keeps a running binary's file alive).
 finish_component() { # <component> <tmp dir> <dest dir>
-  local old
-  rm -rf "$3"
-  mv "$2" "$3"
-  for old in "${CACHE_DIR}/control-plane/$1-"*; do
-    if [[ "${old}" != "$3" && "${old}" != *.tmp.* && -d "${old}" ]]; then
-      log "removing the cached build ${old}"
-      rm -rf "${old}"
-    fi
-  done
+  install_build "$2" "$3" "${CACHE_DIR}/control-plane/$1-*"
 }
 
 build_kubernetes() { # <dest dir> <version>

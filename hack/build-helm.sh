@@ -52,16 +52,7 @@ build() { # <dest dir> <helm version> <client-go version>
     CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}" "${GO_BIN}" build -trimpath -ldflags "${ldflags}" \
       -o "${tmp}/helm" helm.sh/helm/v3/cmd/helm >&2
   ) || { rm -rf "${tmp}"; die "go build of helm ${version} failed"; }
-  rm -rf "${dest}"
-  mv "${tmp}" "${dest}"
-  # Drop cached builds of other versions (a running helm keeps its file alive).
-  local old
-  for old in "${CACHE_DIR}/helm/helm-"*; do
-    if [[ "${old}" != "${dest}" && "${old}" != *.tmp.* && -d "${old}" ]]; then
-      log "removing the cached build ${old}"
-      rm -rf "${old}"
-    fi
-  done
+  install_build "${tmp}" "${dest}" "${CACHE_DIR}/helm/helm-*"
 }
 
 main() {

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell functions shared by the scripts that build Go binaries from the module proxy
 # (hack/build-control-plane.sh, hack/build-helm.sh). Source it after defining `log` and `die`.
 
@@ -22,4 +23,19 @@ module_version() { # <go.mod> <module path>
 
 elapsed() { # <start EPOCHREALTIME> -> seconds with one decimal
   awk -v s="$1" -v e="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", e - s }'
+}
+
+# Move a finished build from <tmp> into <dest> (replacing it), then remove the other cached builds whose
+# directories match <glob> (other versions; a running binary keeps its open file alive).
+install_build() { # <tmp> <dest> <glob>
+  local tmp="$1" dest="$2" glob="$3" old
+  rm -rf "${dest}"
+  mv "${tmp}" "${dest}"
+  # shellcheck disable=SC2086  # the pattern is expanded here, on purpose
+  for old in ${glob}; do
+    if [[ "${old}" != "${dest}" && "${old}" != *.tmp.* && -d "${old}" ]]; then
+      log "removing the cached build ${old}"
+      rm -rf "${old}"
+    fi
+  done
 }

@@ -3,6 +3,8 @@ right GPU requests, node selectors and exact commands, pods Running (kwok), Read
 
 from __future__ import annotations
 
+from kubernetes import client
+
 import autoparallel
 from kube import KubeCluster, wait_for
 
@@ -161,6 +163,23 @@ def test_cannot_fit_example_reports_the_error(operator: Operator, kube_cluster: 
     assert get(kube_cluster, pd_namespace, "too-big")["status"].get("plan") is None
 
 
+def _volume_for(kube_cluster: KubeCluster, name: str, namespace: str, claim: str) -> None:
+    """A ReadWriteMany PersistentVolume reserved for the claim the operator will create (no provisioner here);
+    the test deletes it."""
+    kube_cluster.core.create_persistent_volume(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": "200Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "claimRef": {"namespace": namespace, "name": claim},
+                "hostPath": {"path": f"/tmp/{name}"},
+            },
+        }
+    )
+
+
 def test_gated_example_downloads_into_its_cache_then_serves(
     operator: Operator, kube_cluster: KubeCluster, pd_namespace: str
 ) -> None:
@@ -170,18 +189,7 @@ def test_gated_example_downloads_into_its_cache_then_serves(
     )
     assert pds.TEST_NODES is not None
     volume = f"e2e-{pds.TEST_NODES.run}-{pd_namespace[-6:]}"
-    kube_cluster.core.create_persistent_volume(
-        {
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": "200Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "claimRef": {"namespace": pd_namespace, "name": "llama70b-instruct-model-cache"},
-                "hostPath": {"path": f"/tmp/{volume}"},
-            },
-        }
-    )
+    _volume_for(kube_cluster, volume, pd_namespace, "llama70b-instruct-model-cache")
     try:
         create(kube_cluster, pd_namespace, body)
         wait_condition(kube_cluster, pd_namespace, "llama70b-instruct", "ModelCached", "True", timeout=90)
@@ -193,3 +201,48 @@ def test_gated_example_downloads_into_its_cache_then_serves(
         assert env["HF_HUB_OFFLINE"].value == "1"
     finally:
         kube_cluster.core.delete_persistent_volume(volume)
+
+
+def test_production_example_puts_its_pod_template_in_every_pod(
+    operator: Operator, kube_cluster: KubeCluster, pd_namespace: str
+) -> None:
+    body = example("llama70b-production.yaml")
+    override = body["spec"]["podTemplate"]
+    assert pds.TEST_NODES is not None
+    run = f"e2e-{pds.TEST_NODES.run}-{pd_namespace[-6:]}"
+    # The cluster objects the example expects: the Secret, the service account, the priority class (one of this
+    # test's own, deleted afterwards), and a volume for the cache the operator claims.
+    body["spec"]["podTemplate"]["spec"]["priorityClassName"] = run
+    kube_cluster.core.create_namespaced_secret(
+        pd_namespace, {"metadata": {"name": "hf-token"}, "stringData": {"token": "hf_example"}}
+    )
+    kube_cluster.core.create_namespaced_service_account(pd_namespace, {"metadata": {"name": "llm-serving"}})
+    scheduling = client.SchedulingV1Api(kube_cluster.api_client)
+    scheduling.create_priority_class({"metadata": {"name": run}, "value": 1000})
+    _volume_for(kube_cluster, run, pd_namespace, "llama70b-prod-model-cache")
+    try:
+        create(kube_cluster, pd_namespace, body)
+        pd = wait_condition(kube_cluster, pd_namespace, "llama70b-prod", "Ready", "True", timeout=120)
+        kids = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])
+        download = [j for j in kids["Job"] if "download" in j.metadata.name]
+        assert download and download[0].status.succeeded
+        serving = [p for p in kids["Pod"] if p.metadata.labels["app.kubernetes.io/component"] == "inference"]
+        assert len(serving) == pd["status"]["plan"]["pods"]
+        templates = [download[0].spec.template, *[p for p in serving]]
+        for pod in templates:
+            assert pod.metadata.annotations["sidecar.istio.io/inject"] == "false"
+            assert pod.metadata.labels["team"] == "llm-platform"
+            assert pod.spec.service_account_name == "llm-serving"
+            assert pod.spec.priority_class_name == run
+            assert [s.name for s in pod.spec.image_pull_secrets] == ["registry-credentials"]
+            assert pod.spec.affinity.pod_anti_affinity is not None
+        for pod in serving:
+            [vllm] = pod.spec.containers
+            assert "/templates" in {m.mount_path for m in vllm.volume_mounts}
+            assert (
+                vllm.resources.requests["memory"]
+                == override["spec"]["containers"][0]["resources"]["requests"]["memory"]
+            )
+    finally:
+        kube_cluster.core.delete_persistent_volume(run)
+        scheduling.delete_priority_class(run)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from autoparallel.cli import build_parser
+from autoparallel.controller.kinds import CHILD_KINDS
 from kube import repo_root
 
 pytestmark = pytest.mark.helm
@@ -268,15 +269,12 @@ def test_rbac_is_least_privilege(case: tuple[str, str]) -> None:
         assert not any(FORBIDDEN_VERBS & verbs for verbs in verbs_by_resource.values())
     # Cluster-wide reads only of what the inventory and kopf need; never a read of a single object by name.
     assert cluster["nodes"] == cluster["pods"] == cluster["customresourcedefinitions"] == {"list", "watch"}
+    # Every kind of child with exactly the verbs its row of the table asks for (apply, prune, watch, replace).
     workloads = {
         "paralleldeployments": {"list", "watch", "patch"},
         "paralleldeployments/status": {"patch"},
         "paralleldeployments/finalizers": {"update"},
-        "deployments": {"list", "watch", "create", "patch", "delete"},
-        "statefulsets": {"list", "watch", "create", "patch", "delete"},
-        "jobs": {"get", "list", "watch", "create", "patch", "delete"},
-        "services": {"list", "create", "patch", "delete"},
-        "persistentvolumeclaims": {"create", "patch"},
+        **{child.plural: set(child.verbs()) for child in CHILD_KINDS},
         "events": {"create"},
     }
     watched = values.get("watchNamespaces")

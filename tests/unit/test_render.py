@@ -19,7 +19,9 @@ import pytest
 import yaml
 from kubernetes import client
 
+from autoparallel.controller.capabilities import OPTIONAL_CRDS
 from autoparallel.controller.inventory import LABEL_OWNER_UID
+from autoparallel.controller.kinds import BY_KIND
 from autoparallel.controller.models import CacheSpec, ParallelDeploymentSpec
 from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
 from autoparallel.controller.render import (
@@ -108,6 +110,24 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
                 "model": {"name": "meta-llama/Llama-3.1-405B", "dtype": "bfloat16", "tokenSecretRef": {"name": "hf"}},
                 "workload": {"sequenceLength": 16384},
                 "serving": {"kvCacheDtype": "fp8", "port": 8080},
+                "podTemplate": {
+                    "spec": {
+                        "affinity": {
+                            "podAntiAffinity": {
+                                "preferredDuringSchedulingIgnoredDuringExecution": [
+                                    {
+                                        "weight": 100,
+                                        "podAffinityTerm": {
+                                            "topologyKey": "kubernetes.io/hostname",
+                                            "labelSelector": {"matchLabels": {"team": "llm"}},
+                                        },
+                                    }
+                                ]
+                            }
+                        },
+                        "runtimeClassName": "nvidia",
+                    }
+                },
             }
         ),
     ),
@@ -132,6 +152,21 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
                 "model": {"name": "meta-llama/Llama-3.1-8B"},
                 "workload": {"type": "training", "sequenceLength": 8192, "batchSize": 256},
                 "training": {"args": ["--log-every", "10"], "env": [{"name": "NCCL_DEBUG", "value": "WARN"}]},
+                "podTemplate": {
+                    "metadata": {"labels": {"team": "research"}},
+                    "spec": {
+                        "serviceAccountName": "trainer",
+                        "securityContext": {"runAsUser": 1000, "fsGroup": 1000},
+                        "volumes": [{"name": "datasets", "persistentVolumeClaim": {"claimName": "datasets"}}],
+                        "containers": [
+                            {
+                                "name": "trainer",
+                                "volumeMounts": [{"name": "datasets", "mountPath": "/data", "readOnly": True}],
+                                "resources": {"limits": {"memory": "900Gi"}},
+                            }
+                        ],
+                    },
+                },
             }
         ),
     ),
@@ -146,6 +181,64 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
                     "cache": {"size": "200Gi", "storageClassName": "premium-rwo"},
                 },
                 "workload": {"sequenceLength": 8192, "batchSize": 16},
+            }
+        ),
+    ),
+    "inference_overrides": (
+        _plan(Degrees(tensor=2, pipeline=1, data=2), gpus_per_pod=2),
+        _spec(
+            {
+                "model": {
+                    "name": "Qwen/Qwen3-32B",
+                    "tokenSecretRef": {"name": "hf"},
+                    "cache": {"size": "100Gi", "accessModes": ["ReadWriteMany"]},
+                },
+                "serving": {"env": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}]},
+                "podTemplate": {
+                    "metadata": {
+                        "labels": {"team": "llm", "cost-center": "ml-42"},
+                        "annotations": {"sidecar.istio.io/inject": "false", "karpenter.sh/do-not-disrupt": "true"},
+                    },
+                    "spec": {
+                        "affinity": {
+                            "nodeAffinity": {
+                                "requiredDuringSchedulingIgnoredDuringExecution": {
+                                    "nodeSelectorTerms": [
+                                        {
+                                            "matchExpressions": [
+                                                {"key": LABEL_PRODUCT, "operator": "In", "values": [H100]},
+                                                {
+                                                    "key": "topology.kubernetes.io/zone",
+                                                    "operator": "In",
+                                                    "values": ["a"],
+                                                },
+                                            ]
+                                        }
+                                    ]
+                                }
+                            }
+                        },
+                        "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+                        "imagePullSecrets": [{"name": "registry"}],
+                        "serviceAccountName": "llm-serving",
+                        "priorityClassName": "inference-critical",
+                        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                        "volumes": [{"name": "models-nfs", "nfs": {"server": "nfs.internal", "path": "/models"}}],
+                        "containers": [
+                            {
+                                "name": "vllm",
+                                "env": [{"name": "VLLM_USE_V1", "value": "1"}],
+                                "envFrom": [{"configMapRef": {"name": "vllm-tuning"}}],
+                                "volumeMounts": [{"name": "models-nfs", "mountPath": "/models", "readOnly": True}],
+                                "resources": {
+                                    "requests": {"cpu": "12", "memory": "96Gi", "nvidia.com/gpu": 2},
+                                    "limits": {"nvidia.com/gpu": "2", "ephemeral-storage": "50Gi"},
+                                },
+                            },
+                            {"name": "download", "resources": {"requests": {"cpu": "4"}}},
+                        ],
+                    },
+                },
             }
         ),
     ),
@@ -168,9 +261,13 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
 }
 
 
+SERVED: dict[str, frozenset[str]] = {"inference_multi_node": OPTIONAL_CRDS, "inference_overrides": OPTIONAL_CRDS}
+"""Cases rendered for a cluster that serves the optional integrations' CRDs (the others: none)."""
+
+
 def render_case(name: str) -> list[dict[str, Any]]:
     plan, spec = CASES[name]
-    return render_children(plan, spec, OWNER)
+    return render_children(plan, spec, OWNER, served=SERVED.get(name, frozenset()))
 
 
 # --- golden files -------------------------------------------------------------------------------------------
@@ -266,7 +363,7 @@ def assert_known_fields(value: Any, type_name: str, path: str) -> None:
 
 
 def pod_templates(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m["spec"]["template"] for m in manifests if m["kind"] not in ("Service", "PersistentVolumeClaim")]
+    return [m["spec"]["template"] for m in manifests if "template" in m["spec"]]
 
 
 def main_container(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -284,6 +381,8 @@ def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def test_every_manifest_is_a_valid_kubernetes_object(name: str) -> None:
     api = client.ApiClient()
     for manifest in render_case(name):
+        if BY_KIND[manifest["kind"]].requires:
+            continue  # not a built-in kind: the e2e tests apply it to the API server with its project's CRD
         model = KIND_MODELS[manifest["kind"]]
         assert_known_fields(manifest, model, manifest["kind"])
         api._ApiClient__deserialize(manifest, model)  # type: ignore[attr-defined]  # required fields, enums
@@ -347,7 +446,7 @@ def test_pods_request_the_planned_gpus_on_the_planned_pool(name: str) -> None:
     plan, spec = CASES[name]
     gpu = spec.placement.gpu_resource
     for manifest in render_case(name):
-        if manifest["kind"] == "Service" or is_cache(manifest):
+        if "template" not in manifest["spec"] or is_cache(manifest):
             continue
         resources = main_container(manifest)["resources"]
         assert resources["requests"][gpu] == resources["limits"][gpu] == str(plan.gpus_per_pod)
@@ -615,3 +714,28 @@ def test_an_existing_claim_is_mounted_and_never_created_and_retain_drops_the_own
         }
     )
     assert "ownerReferences" not in render_children(plan, kept, OWNER)[0]["metadata"]
+
+
+# --- optional integrations -----------------------------------------------------------------------------------
+
+
+def test_a_pod_monitor_scrapes_the_vllm_servers_only_when_its_crd_is_served() -> None:
+    plan, spec = CASES["inference_single_node"]
+    assert "PodMonitor" not in [m["kind"] for m in render_children(plan, spec, OWNER)]
+    manifests = render_children(plan, spec, OWNER, served=OPTIONAL_CRDS)
+    monitor = manifests[-1]
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics"}]
+    deployment = by_kind(manifests, "Deployment")[0]
+    assert monitor["spec"]["selector"] == deployment["spec"]["selector"]
+    ports = main_container(deployment)["ports"]
+    assert [p["name"] for p in ports] == ["http"]
+    # Multi-node groups: only pod 0 runs vLLM's server, as for the Service.
+    group_plan, group_spec = CASES["inference_multi_node"]
+    group_monitor = by_kind(render_children(group_plan, group_spec, OWNER, served=OPTIONAL_CRDS), "PodMonitor")[0]
+    assert group_monitor["spec"]["selector"]["matchLabels"]["apps.kubernetes.io/pod-index"] == "0"
+    # Training and plan-only resources serve nothing to scrape.
+    training_plan, training_spec = CASES["training_one_pod"]
+    assert not by_kind(render_children(training_plan, training_spec, OWNER, served=OPTIONAL_CRDS), "PodMonitor")
+    preview = spec.model_copy(update={"plan_only": True})
+    assert not by_kind(render_children(plan, preview, OWNER, served=OPTIONAL_CRDS), "PodMonitor")

@@ -88,6 +88,11 @@ create when the object does not exist yet.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [create, patch]
+# vLLM's /metrics scraped through a PodMonitor per resource, only while the Prometheus Operator's CRD is
+# served: applied, listed by owner label and deleted when the resource stops serving.
+- apiGroups: [monitoring.coreos.com]
+  resources: [podmonitors]
+  verbs: [list, create, patch, delete]
 # Events on ParallelDeployments (Planned, InsufficientMemory, …), posted by the operator and by kopf.
 - apiGroups: [""]
   resources: [events]

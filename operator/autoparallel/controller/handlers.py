@@ -12,11 +12,19 @@ from typing import Any
 import kopf
 
 from autoparallel.controller import k8s, metrics
+from autoparallel.controller.capabilities import served_crd
 from autoparallel.controller.config import OperatorConfig
 from autoparallel.controller.derive import PodProblem
 from autoparallel.controller.inventory import LABEL_OWNER_UID, NodeGPUs, PodGPUs, Reservation, node_gpus, pod_gpus
 from autoparallel.controller.models import GROUP, PLURAL, VERSION
-from autoparallel.controller.reconcile import LEDGER, Snapshot, pod_problem, reconcile, resync_loop
+from autoparallel.controller.reconcile import (
+    INTEGRATIONS_APPLIED,
+    LEDGER,
+    Snapshot,
+    pod_problem,
+    reconcile,
+    resync_loop,
+)
 from autoparallel.controller.reservations import reservation_of
 from autoparallel.controller.status import ChildReadiness, child_readiness
 
@@ -83,6 +91,13 @@ child_statefulsets = kopf.index("apps", "v1", "statefulsets", labels=MANAGED, id
 child_jobs = kopf.index("batch", "v1", "jobs", labels=MANAGED, id="child_jobs")(_child)
 
 
+@kopf.index("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+def served_crds(body: kopf.Body, **_: Any) -> dict[str, bool]:
+    """The optional integrations' CRDs that are established (the operator renders their kinds)."""
+    name = served_crd(body)
+    return {name: True} if name else {}
+
+
 @kopf.index(*RESOURCE)
 def parallel_deployments(body: kopf.Body, **_: Any) -> dict[str, kopf.Body]:
     return {body["metadata"]["uid"]: body}
@@ -103,6 +118,7 @@ class _Shared:
     reservations: dict[str, Reservation | None]
     pods_by_owner: dict[str, list[PodGPUs]]
     schedulable: frozenset[str]
+    served: frozenset[str]
 
 
 def _shared(indices: Mapping[str, Any]) -> _Shared:
@@ -118,6 +134,7 @@ def _shared(indices: Mapping[str, Any]) -> _Shared:
         reservations={uid: next(iter(values), None) for uid, values in indices["gpu_reservations"].items()},
         pods_by_owner=by_owner,
         schedulable=frozenset(node.name for node in nodes if node.schedulable),
+        served=frozenset(name for name, values in indices["served_crds"].items() if values),
     )
 
 
@@ -134,6 +151,7 @@ def _snapshot(indices: Mapping[str, Any], uid: str, shared: _Shared | None = Non
         reservations=shared.reservations,
         own_pods=shared.pods_by_owner.get(uid, []),
         schedulable_nodes=shared.schedulable,
+        served=shared.served,
     )
 
 
@@ -162,3 +180,4 @@ def on_delete(namespace: str | None, name: str, uid: str | None, **_: Any) -> No
     metrics.forget(namespace or "", name)
     if uid:
         LEDGER.forget(uid)
+        INTEGRATIONS_APPLIED.pop(uid, None)

@@ -8,10 +8,10 @@ Calls are blocking (the official client) and run in worker threads from the asyn
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,17 +19,10 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH, LABEL_OWNER_UID
+from autoparallel.controller.kinds import BY_KIND, CHILD_KINDS
 from autoparallel.controller.models import GROUP, PLURAL, VERSION
 
 FIELD_MANAGER = "autoparallel"
-
-
-@dataclass(frozen=True)
-class _KindApi:
-    patch: Callable[..., Any]
-    read: Callable[..., Any]
-    list: Callable[..., Any]
-    delete: Callable[..., Any]
 
 
 def configure_client() -> None:
@@ -41,108 +34,103 @@ def configure_client() -> None:
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
-def _apis() -> dict[str, _KindApi]:
-    apps, core, batch = kubernetes.client.AppsV1Api(), kubernetes.client.CoreV1Api(), kubernetes.client.BatchV1Api()
-    return {
-        "Deployment": _KindApi(
-            apps.patch_namespaced_deployment,
-            apps.read_namespaced_deployment,
-            apps.list_namespaced_deployment,
-            apps.delete_namespaced_deployment,
-        ),
-        "StatefulSet": _KindApi(
-            apps.patch_namespaced_stateful_set,
-            apps.read_namespaced_stateful_set,
-            apps.list_namespaced_stateful_set,
-            apps.delete_namespaced_stateful_set,
-        ),
-        "Service": _KindApi(
-            core.patch_namespaced_service,
-            core.read_namespaced_service,
-            core.list_namespaced_service,
-            core.delete_namespaced_service,
-        ),
-        "Job": _KindApi(
-            batch.patch_namespaced_job,
-            batch.read_namespaced_job,
-            batch.list_namespaced_job,
-            batch.delete_namespaced_job,
-        ),
-        "PersistentVolumeClaim": _KindApi(
-            core.patch_namespaced_persistent_volume_claim,
-            core.read_namespaced_persistent_volume_claim,
-            core.list_namespaced_persistent_volume_claim,
-            core.delete_namespaced_persistent_volume_claim,
-        ),
-    }
+APPLY = "application/apply-patch+yaml"
 
 
-MANAGED_KINDS = ("Deployment", "StatefulSet", "Service", "Job")
-"""Kinds of children that are pruned when a plan no longer needs them. Never the weight cache's PVC: it holds
-downloaded weights, and goes with its owner (garbage collection) or stays (``cache.retain``)."""
+def _request(
+    method: str, path: str, query: Sequence[tuple[str, str]] = (), body: Any = None, content_type: str | None = None
+) -> dict[str, Any]:
+    """One REST call by path, for every kind of :data:`CHILD_KINDS` alike (built-in or custom); raises
+    ``ApiException`` for a non-2xx answer."""
+    client = kubernetes.client.ApiClient()
+    headers = {"Accept": "application/json", **({"Content-Type": content_type} if content_type else {})}
+    request = client.param_serialize(
+        method, path, query_params=list(query), header_params=headers, body=body, auth_settings=["BearerToken"]
+    )
+    response = client.call_api(*request)
+    response.read()
+    text = response.data.decode() if response.data else ""
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=text, data=None)
+    return json.loads(text) if text else {}
 
 
 class ChildReplacing(Exception):
     """An immutable child (a Job) of an older plan is being deleted; apply again once it is gone."""
 
 
-def _apply_one(apis: dict[str, _KindApi], manifest: dict[str, Any]) -> None:
-    kind, meta = manifest["kind"], manifest["metadata"]
-    api = apis[kind]
-    if kind == "Job":  # a Job's pod template is immutable: a new plan replaces the Job
+def _plan_hash(obj: Mapping[str, Any]) -> str | None:
+    return (obj["metadata"].get("annotations") or {}).get(ANNOTATION_PLAN_HASH)
+
+
+def _apply_one(manifest: dict[str, Any]) -> None:
+    meta = manifest["metadata"]
+    child = BY_KIND[manifest["kind"]]
+    path = child.path(meta["namespace"], meta["name"])
+    if child.replaced:  # its pod template is immutable: a new plan replaces the object
         try:
-            existing = api.read(meta["name"], meta["namespace"])
+            existing = _request("GET", path)
         except ApiException as error:
             if error.status != 404:
                 raise
         else:
-            old_hash = (existing.metadata.annotations or {}).get(ANNOTATION_PLAN_HASH)
-            if old_hash != meta.get("annotations", {}).get(ANNOTATION_PLAN_HASH):
-                if existing.metadata.deletion_timestamp is None:
-                    api.delete(meta["name"], meta["namespace"], propagation_policy="Foreground")
-                raise ChildReplacing(f"Job {meta['name']} of an older plan is being replaced")
-    api.patch(
-        meta["name"],
-        meta["namespace"],
-        manifest,
-        field_manager=FIELD_MANAGER,
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
+            if _plan_hash(existing) != _plan_hash(manifest):
+                if existing["metadata"].get("deletionTimestamp") is None:
+                    _request("DELETE", path, body={"propagationPolicy": "Foreground"})
+                raise ChildReplacing(f"{child.kind} {meta['name']} of an older plan is being replaced")
+    query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+    _request("PATCH", path, query, body=manifest, content_type=APPLY)
 
 
-def _owned(item: Any, owner_uid: str) -> bool:
-    return any(ref.uid == owner_uid for ref in item.metadata.owner_references or [])
+def _owned(item: Mapping[str, Any], owner_uid: str) -> bool:
+    return any(ref.get("uid") == owner_uid for ref in item["metadata"].get("ownerReferences") or [])
 
 
-def _delete_stale(apis: dict[str, _KindApi], namespace: str, owner_uid: str, keep: set[tuple[str, str]]) -> list[str]:
+def _delete_stale(namespace: str, owner_uid: str, keep: set[tuple[str, str]], served: frozenset[str]) -> list[str]:
     deleted = []
-    for kind in MANAGED_KINDS:
-        items = apis[kind].list(namespace, label_selector=f"{LABEL_OWNER_UID}={owner_uid}").items
-        for item in items:
-            if (kind, item.metadata.name) in keep or not _owned(item, owner_uid):
+    for child in CHILD_KINDS:
+        if not child.pruned or (child.requires is not None and child.requires not in served):
+            continue
+        query = [("labelSelector", f"{LABEL_OWNER_UID}={owner_uid}")]
+        for item in _request("GET", child.path(namespace), query).get("items", []):
+            name = item["metadata"]["name"]
+            if (child.kind, name) in keep or not _owned(item, owner_uid):
                 continue
-            if item.metadata.deletion_timestamp is None:
-                apis[kind].delete(item.metadata.name, namespace, propagation_policy="Background")
-                deleted.append(f"{kind}/{item.metadata.name}")
+            if item["metadata"].get("deletionTimestamp") is None:
+                _request("DELETE", child.path(namespace, name), body={"propagationPolicy": "Background"})
+                deleted.append(f"{child.kind}/{name}")
     return deleted
 
 
-def _sync(manifests: list[dict[str, Any]], namespace: str, owner_uid: str, prune: bool) -> list[str]:
-    apis = _apis()
+def _sync(
+    manifests: list[dict[str, Any]],
+    namespace: str,
+    owner_uid: str,
+    prune: bool,
+    served: frozenset[str],
+    unchanged: frozenset[tuple[str, str]],
+) -> list[str]:
     for manifest in manifests:
-        _apply_one(apis, manifest)
+        if (manifest["kind"], manifest["metadata"]["name"]) not in unchanged:
+            _apply_one(manifest)
     if not prune:
         return []
     keep = {(m["kind"], m["metadata"]["name"]) for m in manifests}
-    return _delete_stale(apis, namespace, owner_uid, keep)
+    return _delete_stale(namespace, owner_uid, keep, served)
 
 
 async def sync_children(
-    manifests: Iterable[dict[str, Any]], namespace: str, owner_uid: str, prune: bool = True
+    manifests: Iterable[dict[str, Any]],
+    namespace: str,
+    owner_uid: str,
+    prune: bool = True,
+    served: frozenset[str] = frozenset(),
+    unchanged: frozenset[tuple[str, str]] = frozenset(),
 ) -> list[str]:
-    """Apply ``manifests`` and, with ``prune``, delete the owner's other children; returns what was deleted."""
-    return await asyncio.to_thread(_sync, list(manifests), namespace, owner_uid, prune)
+    """Apply ``manifests`` except the ``unchanged`` ones (kind, name) and, with ``prune``, delete the owner's
+    other children (of the built-in kinds and of the optional ones whose CRDs are ``served``); returns what
+    was deleted."""
+    return await asyncio.to_thread(_sync, list(manifests), namespace, owner_uid, prune, served, unchanged)
 
 
 def _patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:

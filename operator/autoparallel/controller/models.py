@@ -10,7 +10,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from autoparallel.controller.models_pod import EnvFromSource, EnvVar, PodTemplate, Toleration
+from autoparallel.controller.models_pod import KubeModel as _Model
 
 GROUP = "autoparallel.io"
 VERSION = "v1alpha1"
@@ -20,10 +23,6 @@ SHORT_NAMES = ("pd", "pdeploy")
 
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.19.0"
 DEFAULT_TRAINING_IMAGE = "ghcr.io/autoparallel/autoparallel:0.1.0"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class WorkloadType(StrEnum):
@@ -166,23 +165,6 @@ class ParallelismSpec(_Model):
     """Upper bound on the GPUs of the whole plan."""
 
 
-class Toleration(_Model):
-    """A Kubernetes toleration added to every pod."""
-
-    key: str | None = None
-    """Taint key the toleration matches; empty with operator Exists matches every taint."""
-    operator: str | None = Field(default=None, json_schema_extra={"enum": ["Exists", "Equal"]})
-    """Exists matches any value; Equal (the default) matches value."""
-    value: str | None = None
-    """Taint value to match when operator is Equal."""
-    effect: str | None = Field(
-        default=None, json_schema_extra={"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]}
-    )
-    """Taint effect to match; empty matches every effect."""
-    toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds")
-    """How long a NoExecute taint is tolerated before the pod is evicted; unset tolerates it forever."""
-
-
 class PlacementSpec(_Model):
     """Where the pods may run."""
 
@@ -192,99 +174,6 @@ class PlacementSpec(_Model):
     """The extended resource that counts GPUs (amd.com/gpu for AMD)."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """Tolerations added to every pod (GPU nodes are often tainted)."""
-
-
-class KeyRef(_Model):
-    """A key of a Secret or ConfigMap in the resource's namespace."""
-
-    name: str = Field(min_length=1, max_length=253)
-    """Name of the Secret or ConfigMap."""
-    key: str = Field(min_length=1, max_length=253)
-    """Key within it."""
-    optional: bool | None = None
-    """Start the pod even when the object or key is missing."""
-
-
-class FieldRef(_Model):
-    """A field of the pod (downward API)."""
-
-    field_path: str = Field(alias="fieldPath", min_length=1)
-    """e.g. metadata.name, status.podIP."""
-    api_version: str | None = Field(default=None, alias="apiVersion")
-    """Version of the schema fieldPath is written in (v1)."""
-
-
-class EnvVarSource(_Model):
-    """Where a variable's value comes from: exactly one of the three."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) + "
-                    "(has(self.fieldRef) ? 1 : 0) == 1",
-                    "message": "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
-                }
-            ]
-        }
-    )
-
-    secret_key_ref: KeyRef | None = Field(default=None, alias="secretKeyRef")
-    """A key of a Secret (the kubelet reads it; the operator never does)."""
-    config_map_key_ref: KeyRef | None = Field(default=None, alias="configMapKeyRef")
-    """A key of a ConfigMap."""
-    field_ref: FieldRef | None = Field(default=None, alias="fieldRef")
-    """A field of the pod."""
-
-
-class EnvVar(_Model):
-    """An environment variable: a literal value or a reference, as in a pod."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set value or valueFrom, not both"}
-            ]
-        }
-    )
-
-    name: str = Field(min_length=1)
-    """Variable name."""
-    value: str | None = None
-    """Literal value."""
-    value_from: EnvVarSource | None = Field(default=None, alias="valueFrom")
-    """A Secret key, ConfigMap key or pod field."""
-
-
-class ObjectRef(_Model):
-    """A Secret or ConfigMap in the resource's namespace."""
-
-    name: str = Field(min_length=1, max_length=253)
-    """Its name."""
-    optional: bool | None = None
-    """Start the pod even when it is missing."""
-
-
-class EnvFromSource(_Model):
-    """Every key of a Secret or ConfigMap as environment variables, as in a pod."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.secretRef) != has(self.configMapRef)",
-                    "message": "envFrom takes one of secretRef, configMapRef",
-                }
-            ]
-        }
-    )
-
-    prefix: str | None = None
-    """Prepended to every variable name."""
-    secret_ref: ObjectRef | None = Field(default=None, alias="secretRef")
-    """A Secret."""
-    config_map_ref: ObjectRef | None = Field(default=None, alias="configMapRef")
-    """A ConfigMap."""
 
 
 class ServingSpec(_Model):
@@ -374,6 +263,11 @@ class ParallelDeploymentSpec(_Model):
     """vLLM settings (inference)."""
     training: TrainingSpec | None = None
     """Training settings (training)."""
+    pod_template: PodTemplate | None = Field(default=None, alias="podTemplate")
+    """Labels, annotations and pod fields added to every pod the operator creates (affinity, tolerations,
+    imagePullSecrets, serviceAccountName, priorityClassName, securityContext, runtimeClassName, volumes, and
+    env, envFrom, volumeMounts and resources of the main container). The plan's fields win: a value that
+    contradicts them is refused with the condition Planned=False, reason PodTemplateConflict."""
     plan_only: bool = Field(default=False, alias="planOnly")
     """Plan and report in status without creating any pod (previews, GitOps dry runs)."""
 

@@ -32,12 +32,14 @@ from autoparallel.controller.inventory import (
     Reservation,
     build_inventory,
 )
+from autoparallel.controller.kinds import BY_KIND
 from autoparallel.controller.models import ConditionStatus, ParallelDeploymentSpec, ParallelDeploymentStatus, PlanStatus
 from autoparallel.controller.plan import Owner
 from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
-from autoparallel.controller.render import LABEL_COMPONENT, render_children
+from autoparallel.controller.render import LABEL_COMPONENT, render_children, render_integrations
 from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD, download_job_name
 from autoparallel.controller.render.common import prefetched, tolerations
+from autoparallel.controller.render.overrides import PodTemplateConflict
 from autoparallel.controller.reservations import Ledger, reservation_for
 from autoparallel.controller.status import DEGRADED, PLANNED, ChildReadiness, get_condition, now, status_body
 from autoparallel.planner.search import placement
@@ -47,6 +49,9 @@ PRICES = OperatorConfig.from_env().prices()
 """GPU price overrides of this operator (``--gpu-prices`` / ``AUTOPARALLEL_GPU_PRICES``)."""
 LEDGER = Ledger()
 """This operator's planning decisions not yet visible in the resources' status (see :mod:`reservations`)."""
+INTEGRATIONS_APPLIED: dict[str, frozenset[str]] = {}
+"""Per resource (uid), the served CRDs its optional children were last applied for: a CRD installed later
+(e.g. the Prometheus Operator's) gets the children of the existing resources without a watch on that kind."""
 
 
 SECRET_MISSING = re.compile(r'secrets? "[^"]+" not found|couldn\'t find key \S+ in Secret \S+')
@@ -84,6 +89,8 @@ class Snapshot:
     """This resource's bound pods."""
     schedulable_nodes: frozenset[str] = frozenset()
     """Names of the Ready, uncordoned GPU nodes."""
+    served: frozenset[str] = frozenset()
+    """The optional integrations' CRDs the API server serves (:mod:`capabilities`)."""
 
 
 def _current_status(body: kopf.Body) -> ParallelDeploymentStatus:
@@ -116,8 +123,7 @@ def _cache_filled_since(spec: ParallelDeploymentSpec, plan: PlanStatus, snapshot
     """The download Job completed and the plan's workloads do not exist yet: time to create them."""
     if spec.plan_only or not prefetched(spec):
         return False
-    meta = body["metadata"]
-    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    owner = _owner(body)
     has_workloads = any(c.plan_hash == plan.hash and c.component != COMPONENT_DOWNLOAD for c in snapshot.children)
     return not has_workloads and _model_cached(spec, owner, snapshot)
 
@@ -199,9 +205,11 @@ async def _warn_on_degradation(body: kopf.Body, old: ParallelDeploymentStatus, n
 
 
 def _of_the_plan(manifest: Mapping[str, Any]) -> bool:
-    """A workload rendered for the plan (not a Service, not the weight cache's PVC or download Job)."""
+    """A workload rendered for the plan, of a kind the operator indexes (not a Service, not the weight cache's
+    PVC or download Job, not an integration's object)."""
     component = manifest["metadata"].get("labels", {}).get(LABEL_COMPONENT)
-    return manifest["kind"] not in ("Service", "PersistentVolumeClaim") and component != COMPONENT_DOWNLOAD
+    child = BY_KIND[manifest["kind"]]
+    return child.watched and child.requires is None and component != COMPONENT_DOWNLOAD
 
 
 def _model_cached(spec: ParallelDeploymentSpec, owner: Owner, snapshot: Snapshot) -> bool:
@@ -212,25 +220,70 @@ def _model_cached(spec: ParallelDeploymentSpec, owner: Owner, snapshot: Snapshot
     return any(c.kind == "Job" and c.name == name and c.complete for c in snapshot.children)
 
 
-async def _apply(result: PlanResult, spec: ParallelDeploymentSpec, body: kopf.Body, snapshot: Snapshot) -> list[str]:
+def _owner(body: kopf.Body) -> Owner:
     meta = body["metadata"]
-    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
-    cached = _model_cached(spec, owner, snapshot)
-    manifests = [] if spec.plan_only else render_children(result.plan, spec, owner, cached)
+    return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+async def _sync(
+    manifests: list[dict[str, Any]],
+    owner: Owner,
+    prune: bool,
+    served: frozenset[str],
+    unchanged: frozenset[tuple[str, str]] = frozenset(),
+) -> list[str]:
+    try:
+        deleted = await k8s.sync_children(manifests, owner.namespace, owner.uid, prune, served, unchanged)
+    except k8s.ChildReplacing as waiting:
+        raise kopf.TemporaryError(str(waiting), delay=REPLACE_RETRY_SECONDS) from waiting
+    except ApiException as error:
+        raise kopf.TemporaryError(f"applying children failed: {error.status} {error.reason}", delay=10) from error
+    INTEGRATIONS_APPLIED[owner.uid] = served
+    return deleted
+
+
+def _render(
+    result: PlanResult, spec: ParallelDeploymentSpec, owner: Owner, snapshot: Snapshot
+) -> list[dict[str, Any]] | PlanFailure:
+    """The children of the plan, or why spec.podTemplate contradicts it."""
+    if spec.plan_only:
+        return []
+    try:
+        cached = _model_cached(spec, owner, snapshot)
+        return render_children(result.plan, spec, owner, cached, snapshot.served)
+    except PodTemplateConflict as conflict:
+        return PlanFailure("PodTemplateConflict", str(conflict))
+
+
+async def _apply(result: PlanResult, manifests: list[dict[str, Any]], owner: Owner, snapshot: Snapshot) -> list[str]:
     plan_hash = result.plan.plan_hash
     workloads = {(m["kind"], m["metadata"]["name"]) for m in manifests if _of_the_plan(m)}
     current = {(c.kind, c.name) for c in snapshot.children if c.plan_hash == plan_hash}
     stale = any(c.plan_hash != plan_hash for c in snapshot.children if c.component != COMPONENT_DOWNLOAD)
     if workloads and workloads <= current and not stale:
-        return []  # the children of this exact plan exist: nothing to write
+        # The children of this exact plan exist: nothing to write, unless an integration appeared since.
+        if INTEGRATIONS_APPLIED.get(owner.uid) != snapshot.served:
+            await _sync([m for m in manifests if BY_KIND[m["kind"]].requires], owner, False, snapshot.served)
+        return []
+    # A completed download stays as it is (its pod template is immutable, and the weights are in the cache).
+    downloaded = frozenset(
+        (c.kind, c.name) for c in snapshot.children if c.component == COMPONENT_DOWNLOAD and c.complete
+    )
     # Children of earlier plans (or of another kind) can only exist when the index has seen workloads.
-    prune = bool(snapshot.children)
-    try:
-        return await k8s.sync_children(manifests, owner.namespace, owner.uid, prune)
-    except k8s.ChildReplacing as waiting:
-        raise kopf.TemporaryError(str(waiting), delay=REPLACE_RETRY_SECONDS) from waiting
-    except ApiException as error:
-        raise kopf.TemporaryError(f"applying children failed: {error.status} {error.reason}", delay=10) from error
+    return await _sync(manifests, owner, bool(snapshot.children), snapshot.served, downloaded)
+
+
+async def _sync_integrations(
+    spec: ParallelDeploymentSpec, plan: PlanStatus, body: kopf.Body, snapshot: Snapshot
+) -> None:
+    """Apply the current plan's children of the integrations whose CRDs are served now (not pruned: a removed
+    CRD takes its objects with it)."""
+    owner = _owner(body)
+    served = snapshot.served
+    if spec.plan_only:
+        INTEGRATIONS_APPLIED[owner.uid] = served
+        return
+    await _sync(render_integrations(spec, owner, plan.hash, plan.nodes_per_replica, served), owner, False, served)
 
 
 async def _plan_and_apply(
@@ -249,8 +302,12 @@ async def _plan_and_apply(
     # From the inventory to the ledger entry nothing awaits: no other resource plans in between.
     inventory = _inventory(spec, snapshot, meta["uid"])
     started = time.perf_counter()
-    outcome = plan_deployment(spec, inventory, PRICES)
+    outcome: PlanResult | PlanFailure = plan_deployment(spec, inventory, PRICES)
     metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
+    manifests: list[dict[str, Any]] = []
+    if isinstance(outcome, PlanResult):
+        rendered = _render(outcome, spec, _owner(body), snapshot)
+        outcome, manifests = (rendered, []) if isinstance(rendered, PlanFailure) else (outcome, rendered)
     planned = None if isinstance(outcome, PlanFailure) else reservation_for(spec, outcome.status, meta)
     LEDGER.record(meta["uid"], planned)
     new = derive_status(old, _facts(body, snapshot, spec, outcome=outcome, inventory=inventory_status(inventory)))
@@ -259,7 +316,7 @@ async def _plan_and_apply(
         metrics.RECONCILES.labels("failed").inc()
         _patch(body, patch, new)
         return
-    deleted = await _apply(outcome, spec, body, snapshot)
+    deleted = await _apply(outcome, manifests, _owner(body), snapshot)
     reason = "PlanOnly" if spec.plan_only else "Planned"
     verb = "Replanned" if trigger == "inventory" and old.plan is not None else reason
     extra = f"; removed {', '.join(deleted)}" if deleted else ""
@@ -291,6 +348,9 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
             await _plan_and_apply(body, patch, snapshot, logger, trigger="spec")
             return
         if _bound_as_planned(status.plan, snapshot) or _still_fits(status.plan, _inventory(spec, snapshot, uid)):
+            if INTEGRATIONS_APPLIED.get(uid, snapshot.served) != snapshot.served:
+                logger.info(f"optional integrations served now: {sorted(snapshot.served) or 'none'}")
+                await _sync_integrations(spec, status.plan, body, snapshot)
             new = derive_status(status, _facts(body, snapshot, spec))
             await _warn_on_degradation(body, status, new)
             _patch(body, patch, new)

@@ -13,7 +13,6 @@ from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
 from autoparallel.controller.plan import ChosenPlan, Owner
 from autoparallel.controller.render.cache import render_cache
 from autoparallel.controller.render.common import (
-    CHILD_KINDS,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -30,11 +29,12 @@ from autoparallel.controller.render.inference import (
     render_inference_deployment,
     render_inference_service,
 )
+from autoparallel.controller.render.monitoring import render_pod_monitor
+from autoparallel.controller.render.overrides import check_containers
 from autoparallel.controller.render.training import render_training_job, render_training_service
 
 __all__ = [
     "ANNOTATION_PLAN_HASH",
-    "CHILD_KINDS",
     "LABEL_COMPONENT",
     "LABEL_INSTANCE",
     "LABEL_MANAGED_BY",
@@ -49,20 +49,36 @@ __all__ = [
     "render_group_statefulset",
     "render_inference_deployment",
     "render_inference_service",
+    "render_integrations",
     "render_training_job",
     "render_training_service",
 ]
 
 
 def render_children(
-    plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner, model_cached: bool = True
+    plan: ChosenPlan,
+    spec: ParallelDeploymentSpec,
+    owner: Owner,
+    model_cached: bool = True,
+    served: frozenset[str] = frozenset(),
 ) -> list[Manifest]:
     """Every child of the ParallelDeployment: the weight cache first, then Services before the workloads that
-    resolve them. Until the download Job has filled the cache (``model_cached`` False), only the cache."""
+    resolve them, then the children of the optional integrations whose CRDs are ``served``. Until the download
+    Job has filled the cache (``model_cached`` False), only the cache. Raises ``PodTemplateConflict`` when
+    spec.podTemplate contradicts the plan."""
+    check_containers(spec)
     cache = render_cache(spec, owner)
     if not model_cached:
         return cache
-    return [*cache, *_workloads(plan, spec, owner)]
+    integrations = render_integrations(spec, owner, plan.plan_hash, plan.nodes_per_replica, served)
+    return [*cache, *_workloads(plan, spec, owner), *integrations]
+
+
+def render_integrations(
+    spec: ParallelDeploymentSpec, owner: Owner, plan_hash: str, nodes_per_replica: int, served: frozenset[str]
+) -> list[Manifest]:
+    """The children of optional integrations (kinds that need a CRD), for the CRDs the API server serves."""
+    return render_pod_monitor(spec, owner, plan_hash, nodes_per_replica, served)
 
 
 def _workloads(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:

@@ -8,6 +8,7 @@ it, so its completion keeps saying that the cache holds the model; a new model o
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH
@@ -25,6 +26,7 @@ from autoparallel.controller.render.common import (
     prefetched,
     token_env,
 )
+from autoparallel.controller.render.overrides import merge_pod_template
 
 COMPONENT_DOWNLOAD = "model-download"
 DOWNLOAD_BACKOFF_LIMIT = 3
@@ -92,7 +94,11 @@ def render_download_job(spec: ParallelDeploymentSpec, owner: Owner) -> Manifest:
         "volumeMounts": cache_mount(spec),
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}},
     }
-    digest = download_digest(spec, owner)
+    # The Job's pod template is immutable: the hash covers the pod overrides too, so a change replaces a Job
+    # still downloading (a completed one is kept as it is: the weights are in the cache).
+    overrides = spec.pod_template.model_dump(mode="json", by_alias=True) if spec.pod_template else None
+    digest = hashlib.sha256(json.dumps([download_digest(spec, owner), overrides], sort_keys=True).encode()).hexdigest()
+    digest = digest[:16]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -105,18 +111,21 @@ def render_download_job(spec: ParallelDeploymentSpec, owner: Owner) -> Manifest:
         },
         "spec": {
             "backoffLimit": DOWNLOAD_BACKOFF_LIMIT,
-            "template": {
-                "metadata": {
-                    "labels": labels(owner, COMPONENT_DOWNLOAD),
-                    "annotations": {ANNOTATION_PLAN_HASH: digest},
+            "template": merge_pod_template(
+                {
+                    "metadata": {
+                        "labels": labels(owner, COMPONENT_DOWNLOAD),
+                        "annotations": {ANNOTATION_PLAN_HASH: digest},
+                    },
+                    "spec": {
+                        "restartPolicy": "OnFailure",
+                        "enableServiceLinks": False,
+                        "containers": [main],
+                        "volumes": cache_volume(spec, owner),
+                    },
                 },
-                "spec": {
-                    "restartPolicy": "OnFailure",
-                    "enableServiceLinks": False,
-                    "containers": [main],
-                    "volumes": cache_volume(spec, owner),
-                },
-            },
+                spec,
+            ),
         },
     }
 

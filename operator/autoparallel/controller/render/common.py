@@ -10,8 +10,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH, LABEL_OWNER_UID
-from autoparallel.controller.models import EnvFromSource, EnvVar, ParallelDeploymentSpec
+from autoparallel.controller.models import ParallelDeploymentSpec
+from autoparallel.controller.models_pod import EnvFromSource, EnvVar
 from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
+from autoparallel.controller.render.overrides import merge_pod_template
 
 Manifest = dict[str, Any]
 """One Kubernetes object (or a part of one) as a plain, JSON-serialisable dict."""
@@ -74,13 +76,13 @@ def owner_references(owner: Owner) -> list[Manifest]:
     ]
 
 
-def object_meta(name: str, plan: ChosenPlan, owner: Owner, component: str) -> Manifest:
-    """``metadata`` of a child object."""
+def object_meta(name: str, plan_hash: str, owner: Owner, component: str) -> Manifest:
+    """``metadata`` of a child object of the plan ``plan_hash``."""
     return {
         "name": name,
         "namespace": owner.namespace,
         "labels": labels(owner, component),
-        "annotations": {ANNOTATION_PLAN_HASH: plan.plan_hash},
+        "annotations": {ANNOTATION_PLAN_HASH: plan_hash},
         "ownerReferences": owner_references(owner),
     }
 
@@ -94,10 +96,16 @@ def node_selector(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> dict[str, s
 
 
 def tolerations(spec: ParallelDeploymentSpec) -> list[Manifest]:
-    """The user's tolerations, plus one for the usual GPU-node taint (key = the GPU resource name, any value,
-    NoSchedule: GKE's ``nvidia.com/gpu=present`` and the NVIDIA GPU operator's convention)."""
+    """The user's tolerations (spec.placement's, then spec.podTemplate's), plus one for the usual GPU-node
+    taint (key = the GPU resource name, any value, NoSchedule: GKE's ``nvidia.com/gpu=present`` and the NVIDIA
+    GPU operator's convention). Planning counts the same list."""
     gpu_taint: Manifest = {"key": spec.placement.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
-    user = [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in spec.placement.tolerations]
+    extra = spec.pod_template.spec.tolerations if spec.pod_template else []
+    user: list[Manifest] = []
+    for toleration in [*spec.placement.tolerations, *extra]:
+        dumped = toleration.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if dumped not in user:
+            user.append(dumped)
     return user if gpu_taint in user else [*user, gpu_taint]
 
 
@@ -233,7 +241,7 @@ def pod_template(
         "labels": {**labels(owner, component), **(extra_labels or {})},
         "annotations": {ANNOTATION_PLAN_HASH: plan.plan_hash},
     }
-    return {"metadata": metadata, "spec": pod_spec}
+    return merge_pod_template({"metadata": metadata, "spec": pod_spec}, spec, spec.placement.gpu_resource)
 
 
 def service_port(name: str, port: int) -> Manifest:
@@ -242,15 +250,6 @@ def service_port(name: str, port: int) -> Manifest:
 
 def container_port(name: str, port: int) -> Manifest:
     return {"name": name, "containerPort": port, "protocol": "TCP"}
-
-
-CHILD_KINDS: tuple[tuple[str, str], ...] = (
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("apps/v1", "StatefulSet"),
-    ("batch/v1", "Job"),
-)
-"""(apiVersion, kind) of every kind of child a renderer makes: the kinds to list when pruning stale children."""
 
 
 def children_selector(owner: Owner) -> str:

@@ -112,7 +112,7 @@ def render_inference_deployment(plan: ChosenPlan, spec: ParallelDeploymentSpec, 
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": object_meta(owner.name, plan, owner, COMPONENT_INFERENCE),
+        "metadata": object_meta(owner.name, plan.plan_hash, owner, COMPONENT_INFERENCE),
         "spec": {
             "replicas": plan.degrees.data,
             "selector": {"matchLabels": selector_labels(owner, COMPONENT_INFERENCE)},
@@ -133,7 +133,7 @@ def render_inference_service(plan: ChosenPlan, spec: ParallelDeploymentSpec, own
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_meta(owner.name, plan, owner, COMPONENT_INFERENCE),
+        "metadata": object_meta(owner.name, plan.plan_hash, owner, COMPONENT_INFERENCE),
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
@@ -193,7 +193,7 @@ def render_group_service(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: 
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_meta(group_name(owner, replica), plan, owner, COMPONENT_INFERENCE),
+        "metadata": object_meta(group_name(owner, replica), plan.plan_hash, owner, COMPONENT_INFERENCE),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -220,7 +220,7 @@ def render_group_statefulset(plan: ChosenPlan, spec: ParallelDeploymentSpec, own
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": object_meta(name, plan, owner, COMPONENT_INFERENCE),
+        "metadata": object_meta(name, plan.plan_hash, owner, COMPONENT_INFERENCE),
         "spec": {
             "replicas": plan.nodes_per_replica,
             "serviceName": name,

@@ -102,7 +102,7 @@ def render_training_service(plan: ChosenPlan, spec: ParallelDeploymentSpec, owne
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_meta(owner.name, plan, owner, COMPONENT_TRAINING),
+        "metadata": object_meta(owner.name, plan.plan_hash, owner, COMPONENT_TRAINING),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -136,7 +136,7 @@ def render_training_job(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: O
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": object_meta(owner.name, plan, owner, COMPONENT_TRAINING),
+        "metadata": object_meta(owner.name, plan.plan_hash, owner, COMPONENT_TRAINING),
         "spec": {
             "completionMode": "Indexed",
             "completions": pods,

@@ -1,0 +1,10 @@
+//go:build tools
+
+// Package crds is never built: importing a package of each API module that hack/build-crds.sh
+// generates CRDs from keeps that module a requirement of this one under `go mod tidy`, at the version
+// go.mod pins (the script runs controller-gen in that module's own directory).
+package crds
+
+import (
+	_ "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+)
