@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from typing import Any
 
 from kubernetes import client
@@ -86,3 +87,31 @@ def children(cluster: KubeCluster, namespace: str, uid: str) -> dict[str, list[A
         "Job": cluster.batch.list_namespaced_job(namespace, label_selector=selector).items,
         "Pod": cluster.core.list_namespaced_pod(namespace, label_selector=selector).items,
     }
+
+
+def scrape_metrics(port: int) -> str:
+    """The operator's /metrics page (the operator under test serves it on 127.0.0.1)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def kubelet_reports(
+    cluster: KubeCluster, namespace: str, pod: Any, phase: str, restarts: int = 0, **states: dict[str, Any]
+) -> None:
+    """Write into a pod's status what a kubelet would for its vllm container, not ready (kwok runs no kubelet,
+    so a test plays its part): ``states`` are the container status's ``state`` and ``lastState``."""
+    status = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "False"}, {"type": "ContainersReady", "status": "False"}],
+        "containerStatuses": [
+            {
+                "name": "vllm",
+                "image": pod.spec.containers[0].image,
+                "imageID": "",
+                "ready": False,
+                "restartCount": restarts,
+                **states,
+            }
+        ],
+    }
+    cluster.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": status})

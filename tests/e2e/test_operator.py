@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +14,7 @@ from kube import KubeCluster, wait_for
 
 from . import pd as pds
 from .conftest import Operator, operator_args
-from .pd import children, create, events, get, patch_spec, wait_condition
+from .pd import children, create, events, get, patch_spec, scrape_metrics, wait_condition
 
 SMALL = {
     "apiVersion": "autoparallel.io/v1alpha1",
@@ -213,11 +212,6 @@ def test_losing_a_node_replans_onto_what_is_left(
     assert deployment.spec.replicas == replanned_pd["status"]["plan"]["data"]
 
 
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
-
-
 def test_metrics_show_the_planned_values(operator: Operator, kube_cluster: KubeCluster, pd_namespace: str) -> None:
     create(kube_cluster, pd_namespace, SMALL)
     pd = wait_condition(kube_cluster, pd_namespace, "small", "Planned", "True")
@@ -225,7 +219,7 @@ def test_metrics_show_the_planned_values(operator: Operator, kube_cluster: KubeC
     labels = f'name="small",namespace="{pd_namespace}"'
 
     def scraped() -> str | None:
-        text = _scrape(operator.metrics_port)
+        text = scrape_metrics(operator.metrics_port)
         return text if f"autoparallel_plan_gpus{{{labels}}}" in text else None
 
     text = wait_for(scraped, timeout=30, description="the deployment's series on /metrics")

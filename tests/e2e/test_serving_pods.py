@@ -11,7 +11,7 @@ from kubernetes import client
 from kube import KubeCluster, wait_for
 
 from .conftest import Operator
-from .pd import children, create, events, get, wait_condition
+from .pd import children, create, events, get, kubelet_reports, wait_condition
 
 TOKEN = "hf_this-is-a-test-token-value"
 
@@ -56,22 +56,9 @@ def test_the_token_comes_from_the_secret_and_is_never_copied(
 
 
 def _kubelet_cannot_find(kube_cluster: KubeCluster, namespace: str, pod: client.V1Pod, message: str) -> None:
-    """What the kubelet writes when a referenced Secret is missing (kwok runs no kubelet, so the test does)."""
-    status = {
-        "phase": "Pending",
-        "conditions": [{"type": "Ready", "status": "False"}, {"type": "ContainersReady", "status": "False"}],
-        "containerStatuses": [
-            {
-                "name": "vllm",
-                "image": pod.spec.containers[0].image,
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}},
-            }
-        ],
-    }
-    kube_cluster.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": status})
+    """What the kubelet writes when a referenced Secret is missing."""
+    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
+    kubelet_reports(kube_cluster, namespace, pod, "Pending", state=waiting)
 
 
 def test_a_missing_secret_is_a_condition_and_an_event_not_a_crash_loop(

@@ -1,10 +1,10 @@
 """The status table: every condition derived in one pure function from what a reconcile observed."""
 
-from autoparallel.controller.derive import Facts, PodProblem, derive_status
+from autoparallel.controller.derive import Facts, derive_status
+from autoparallel.controller.feedback import PodProblem, pod_problem
 from autoparallel.controller.inventory import NodeGPUs, build_inventory
 from autoparallel.controller.models import ConditionStatus, ParallelDeploymentSpec, ParallelDeploymentStatus
 from autoparallel.controller.planning import PlanFailure, PlanResult, plan_deployment
-from autoparallel.controller.reconcile import pod_problem
 from autoparallel.controller.status import ChildReadiness, get_condition
 
 H100 = (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)

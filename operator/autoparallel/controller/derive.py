@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from autoparallel.controller.feedback import PodProblem
 from autoparallel.controller.models import (
     ConditionStatus,
+    Measured,
+    OutOfMemoryRecord,
     ParallelDeploymentSpec,
     ParallelDeploymentStatus,
     PlanStatus,
@@ -38,17 +41,6 @@ Verdict = tuple[ConditionStatus, str, str]
 
 
 @dataclass(frozen=True)
-class PodProblem:
-    """Why a pod of a ParallelDeployment does not run: the scheduler could not place it (``Unschedulable``), or
-    the kubelet could not create its container (``SecretNotFound``, ``ContainerConfigError``)."""
-
-    owner_uid: str
-    name: str
-    message: str
-    reason: str = "Unschedulable"
-
-
-@dataclass(frozen=True)
 class Facts:
     """What one reconcile observed and decided: the inputs of :func:`derive_status`."""
 
@@ -63,6 +55,10 @@ class Facts:
     children: Sequence[ChildReadiness] = ()
     problems: Sequence[PodProblem] = ()
     """Pods that cannot run, with the reason."""
+    measured: Measured | None = None
+    """A new report of vLLM's KV cache for the current plan (None: the stored one stands)."""
+    out_of_memory: Sequence[OutOfMemoryRecord] | None = None
+    """The plans vLLM ran out of memory on, when that changed (None: the stored list stands)."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +117,9 @@ def _ready(derived: _Derived, decided: dict[str, Verdict | None]) -> Verdict:
     if facts.spec.plan_only:
         return ConditionStatus.FALSE, "PlanOnly", "spec.planOnly is set: nothing is created"
     verdict = readiness_condition(derived.desired, _workloads(facts.children), derived.plan.hash)
-    if verdict[0] != ConditionStatus.TRUE and facts.problems:
-        pod = min(facts.problems, key=lambda p: (p.reason == "Unschedulable", p.name))  # a missing Secret first
+    problems = [p for p in facts.problems if p.plan_hash in (None, derived.plan.hash)]  # not an older plan's
+    if verdict[0] != ConditionStatus.TRUE and problems:
+        pod = min(problems, key=lambda p: (p.reason == "Unschedulable", p.name))  # a missing Secret first
         return ConditionStatus.FALSE, pod.reason, f"pod {pod.name}: {pod.message}{FIXES.get(pod.reason, '')}"
     cached = decided.get(MODEL_CACHED)
     if cached is not None and cached[0] != ConditionStatus.TRUE:
@@ -133,11 +130,20 @@ def _ready(derived: _Derived, decided: dict[str, Verdict | None]) -> Verdict:
 FIXES = {
     "SecretNotFound": "; create the Secret (kubectl create secret generic NAME --from-literal=KEY=VALUE) in this "
     "namespace, or fix spec.model.tokenSecretRef / the env references",
+    "OutOfMemory": "; the plan stays (its parallel degrees are pinned, or spec.serving.outOfMemoryFallbacks are "
+    "used up): unpin spec.parallelism, lower spec.workload.sequenceLength or use larger GPUs",
 }
 """What to do, appended to the kubelet's or scheduler's message."""
 
 
-DEGRADING_REASONS = ("Failed", "Unschedulable", "SecretNotFound", "ContainerConfigError", "DownloadFailed")
+DEGRADING_REASONS = (
+    "Failed",
+    "Unschedulable",
+    "SecretNotFound",
+    "ContainerConfigError",
+    "DownloadFailed",
+    "OutOfMemory",
+)
 """Ready reasons that also make the resource Degraded (besides every planning failure)."""
 
 
@@ -174,6 +180,13 @@ def derive_status(previous: ParallelDeploymentStatus, facts: Facts) -> ParallelD
         updates["observed_generation"] = facts.generation
     if facts.inventory is not None:
         updates["inventory"] = list(facts.inventory)
+    plan = facts.outcome.status if isinstance(facts.outcome, PlanResult) else previous.plan
+    measured = facts.measured or previous.measured
+    if measured is not None and (plan is None or measured.plan_hash != plan.hash):
+        measured = None  # a report about an older plan
+    updates["measured"] = measured
+    if facts.out_of_memory is not None:
+        updates["out_of_memory"] = list(facts.out_of_memory)
     if isinstance(facts.outcome, PlanResult):
         updates["plan"] = facts.outcome.status
         updates["candidates"] = list(facts.outcome.candidates)

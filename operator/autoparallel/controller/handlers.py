@@ -14,14 +14,13 @@ import kopf
 from autoparallel.controller import k8s, metrics
 from autoparallel.controller.capabilities import served_crd
 from autoparallel.controller.config import OperatorConfig
-from autoparallel.controller.derive import PodProblem
+from autoparallel.controller.feedback import Endpoint, PodProblem, pod_problem, serving_endpoint
 from autoparallel.controller.inventory import LABEL_OWNER_UID, NodeGPUs, PodGPUs, Reservation, node_gpus, pod_gpus
 from autoparallel.controller.models import GROUP, PLURAL, VERSION
 from autoparallel.controller.reconcile import (
     INTEGRATIONS_APPLIED,
     LEDGER,
     Snapshot,
-    pod_problem,
     reconcile,
     resync_loop,
 )
@@ -78,6 +77,13 @@ def own_pod_problems(body: kopf.Body, **_: Any) -> dict[str, PodProblem]:
     """Our pods that cannot run: unschedulable, or their container cannot be created (a missing Secret)."""
     pod = pod_problem(body)
     return {pod.owner_uid: pod} if pod else {}
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_OWNER_UID: kopf.PRESENT})
+def serving_endpoints(body: kopf.Body, **_: Any) -> dict[str, Endpoint]:
+    """Our ready vLLM servers, whose /metrics say what vLLM allocated."""
+    endpoint = serving_endpoint(body)
+    return {endpoint.owner_uid: endpoint} if endpoint else {}
 
 
 def _child(body: kopf.Body, **_: Any) -> dict[str, ChildReadiness]:
@@ -148,6 +154,7 @@ def _snapshot(indices: Mapping[str, Any], uid: str, shared: _Shared | None = Non
         pods=shared.pods,
         children=children,
         problems=list(indices["own_pod_problems"].get(uid, [])),
+        endpoints=list(indices["serving_endpoints"].get(uid, [])),
         reservations=shared.reservations,
         own_pods=shared.pods_by_owner.get(uid, []),
         schedulable_nodes=shared.schedulable,

@@ -37,6 +37,18 @@ KV_CACHE_TOKENS = Gauge(
     ["namespace", "name"],
     registry=REGISTRY,
 )
+KV_CACHE_TOKENS_MEASURED = Gauge(
+    "autoparallel_kv_cache_tokens_measured",
+    "KV-cache capacity of one replica as vLLM reports it (vllm:cache_config_info), in tokens.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+KV_CACHE_TOKENS_ERROR = Gauge(
+    "autoparallel_kv_cache_tokens_error_ratio",
+    "(planned - measured) / measured KV-cache tokens of one replica: how far the memory model is off.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
 CLUSTER_GPUS = Gauge(
     "autoparallel_cluster_gpus",
     "GPUs of schedulable nodes by product (state: total, free).",
@@ -75,6 +87,11 @@ def record_plan(namespace: str, name: str, plan: PlanStatus) -> None:
     KV_CACHE_TOKENS.labels(namespace, name).set(plan.kv_cache_tokens)
 
 
+def record_measured(namespace: str, name: str, tokens: int, error: float) -> None:
+    KV_CACHE_TOKENS_MEASURED.labels(namespace, name).set(tokens)
+    KV_CACHE_TOKENS_ERROR.labels(namespace, name).set(error)
+
+
 def forget(namespace: str, name: str) -> None:
     """Drop a deployment's series (it was deleted, or has no plan any more)."""
     for component in _COMPONENTS:
@@ -83,6 +100,8 @@ def forget(namespace: str, name: str) -> None:
     for dimension in ("tensor", "pipeline", "data", "expert"):
         _remove(PLAN_DEGREE, namespace, name, dimension)
     _remove(KV_CACHE_TOKENS, namespace, name)
+    _remove(KV_CACHE_TOKENS_MEASURED, namespace, name)
+    _remove(KV_CACHE_TOKENS_ERROR, namespace, name)
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:

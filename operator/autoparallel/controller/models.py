@@ -207,6 +207,10 @@ class ServingSpec(_Model):
     """KV-cache element type; fp8 halves the KV cache per token."""
     port: int = Field(default=8000, ge=1, le=65535)
     """Port of the OpenAI-compatible server."""
+    out_of_memory_fallbacks: int = Field(default=2, ge=0, le=10, alias="outOfMemoryFallbacks")
+    """How many times the operator may replan onto a plan with more memory per GPU when vLLM runs out of memory
+    (0: never; the plan then stays, Ready=False/OutOfMemory with vLLM's line). Pinned parallel degrees are never
+    overridden."""
 
 
 class TrainingSpec(_Model):
@@ -308,6 +312,8 @@ class MemoryPerGPU(_Model):
     """CUDA context, NCCL buffers and CUDA graphs (training: also gradients and optimizer states)."""
     total: int
     """Sum of the above."""
+    capacity: int | None = None
+    """Usable memory of one GPU of the pool, in bytes (what total is planned against)."""
     human: str
     """The same as one readable line, e.g. "71.9 GiB of 79.2 GiB (weights 32.9 GiB, KV cache 34.4 GiB, …)"."""
     summary: str
@@ -383,6 +389,46 @@ class PoolInventory(_Model):
     """Usable memory of one GPU, e.g. "79.2 GiB"."""
 
 
+class OutOfMemoryRecord(_Model):
+    """A plan vLLM ran out of memory on."""
+
+    plan: str
+    """The plan, e.g. TP=4 PP=1 DP=2 on H100-80GB."""
+    plan_hash: str = Field(alias="planHash")
+    """Its status.plan.hash."""
+    gpu_memory: int = Field(alias="gpuMemory")
+    """Bytes of one GPU of its pool."""
+    weights_per_gpu: int = Field(alias="weightsPerGPU")
+    """Its planned weights on the most-loaded GPU, in bytes: a fallback leaves more room than this plan."""
+    pod: str
+    """The pod whose vLLM container terminated."""
+    message: str
+    """vLLM's line (from the container's termination message, FallbackToLogsOnError)."""
+    time: str
+    """When the operator saw it (RFC 3339)."""
+    generation: int | None = None
+    """The metadata.generation it happened under (a spec change starts afresh)."""
+
+
+class Measured(_Model):
+    """vLLM's own report of the KV cache of one replica of the current plan."""
+
+    plan_hash: str = Field(alias="planHash")
+    """The plan the report is about."""
+    kv_cache_tokens: int = Field(alias="kvCacheTokens")
+    """num_gpu_blocks × block_size from vllm:cache_config_info."""
+    gpu_blocks: int = Field(alias="gpuBlocks")
+    """num_gpu_blocks."""
+    block_size: int = Field(alias="blockSize")
+    """Tokens per block."""
+    error: str
+    """(planned − measured) / measured of the KV tokens, e.g. "+2.4%" (positive: the plan promised more)."""
+    pod: str
+    """The pod the figures were read from."""
+    time: str
+    """When they were read (RFC 3339)."""
+
+
 class ParallelDeploymentStatus(_Model):
     """What the operator observed and decided."""
 
@@ -398,3 +444,7 @@ class ParallelDeploymentStatus(_Model):
     """Replicas the plan asks for and those that are ready."""
     inventory: list[PoolInventory] = Field(default_factory=list)
     """The GPU pools the plan was made against."""
+    measured: Measured | None = None
+    """What vLLM reports about the current plan's KV cache, next to status.plan.kvCacheTokens."""
+    out_of_memory: list[OutOfMemoryRecord] = Field(default_factory=list, alias="outOfMemory")
+    """Plans vLLM ran out of memory on, oldest first; planning moves past them (spec.serving.outOfMemoryFallbacks)."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from autoparallel.controller.feedback import FailedPlan, has_room
 from autoparallel.controller.inventory import Inventory
 from autoparallel.controller.models import (
     DType,
@@ -32,6 +33,8 @@ from autoparallel.planner.units import GIB, human_bytes, to_gib
 
 CANDIDATES = 4
 """Plans evaluated for status.candidates (the chosen one and three alternatives)."""
+FALLBACK_CANDIDATES = 64
+"""Plans evaluated after an out-of-memory, to find the best one with more room per GPU than those that failed."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ def _memory(config: dict[str, Any], gpu_memory_gib: float) -> MemoryPerGPU:
         activations=breakdown["activations"],
         overhead=overhead,
         total=total,
+        capacity=int(gpu_memory_gib * GIB),
         human=human,
         summary=f"{total / GIB:.1f}/{gpu_memory_gib:.1f} GiB",
     )
@@ -143,11 +147,23 @@ def _gpus_per_pod(config: dict[str, Any], gpus_per_node: int) -> int:
     return int(config["gpus_per_replica"])
 
 
+def _with_room(configs: list[dict[str, Any]], failed: Sequence[FailedPlan]) -> list[dict[str, Any]]:
+    """The candidates that leave each GPU more room after the weights than every plan vLLM ran out of memory on."""
+    return [
+        c
+        for c in configs
+        if has_room(int(c["gpu_memory_gb"] * GIB), int(c["memory_breakdown"]["weights"] * GIB), failed)
+    ]
+
+
 def plan_deployment(
-    spec: ParallelDeploymentSpec, inventory: Inventory, prices: Mapping[str, float] | None = None
+    spec: ParallelDeploymentSpec,
+    inventory: Inventory,
+    prices: Mapping[str, float] | None = None,
+    failed: Sequence[FailedPlan] = (),
 ) -> PlanResult | PlanFailure:
-    """Plan ``spec`` on ``inventory`` (``prices``: USD per GPU-hour overrides); never raises for bad input, it
-    returns the failure instead."""
+    """Plan ``spec`` on ``inventory`` (``prices``: USD per GPU-hour overrides), past the plans vLLM ran out of
+    memory on (``failed``); never raises for bad input, it returns the failure instead."""
     if not inventory.pools:
         skipped = f" ({'; '.join(inventory.skipped)})" if inventory.skipped else ""
         return PlanFailure(
@@ -162,7 +178,7 @@ def plan_deployment(
             list(inventory.pools),
             spec.workload.sequence_length,
             spec.workload.batch_size,
-            CANDIDATES,
+            FALLBACK_CANDIDATES if failed else CANDIDATES,
             **planner_options(spec),
             **({"prices": dict(prices)} if prices else {}),
         )
@@ -177,6 +193,15 @@ def plan_deployment(
         return PlanFailure("InvalidSpec", str(error))
     except AutoParallelError as error:
         return PlanFailure("InvalidSpec", str(error))
+    if failed:
+        configs = _with_room(configs, failed)[:CANDIDATES]
+        if not configs:
+            tried = "; ".join(plan.label for plan in failed)
+            return PlanFailure(
+                "InsufficientMemory",
+                f"vLLM ran out of memory on {tried}, and no plan that leaves more memory per GPU fits the free "
+                "GPUs: add GPUs (or larger ones), lower spec.workload.sequenceLength or batchSize, or quantize",
+            )
     best = configs[0]
     pools = {pool.name: pool for pool in inventory.pools}
     pool = pools[best["pool"]]

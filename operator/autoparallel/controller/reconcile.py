@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,9 +22,10 @@ from pydantic import ValidationError
 
 from autoparallel.controller import k8s, metrics
 from autoparallel.controller.config import OperatorConfig
-from autoparallel.controller.derive import Facts, PodProblem, derive_status
+from autoparallel.controller.derive import Facts, derive_status
+from autoparallel.controller.events import event_once, warn_on_degradation
+from autoparallel.controller.feedback import Endpoint, PodProblem, failed_plan, oom_record, pinned, recorded_for
 from autoparallel.controller.inventory import (
-    LABEL_OWNER_UID,
     Inventory,
     NodeGPUs,
     PodGPUs,
@@ -33,7 +33,15 @@ from autoparallel.controller.inventory import (
     build_inventory,
 )
 from autoparallel.controller.kinds import BY_KIND
-from autoparallel.controller.models import ConditionStatus, ParallelDeploymentSpec, ParallelDeploymentStatus, PlanStatus
+from autoparallel.controller.measure import measure
+from autoparallel.controller.models import (
+    ConditionStatus,
+    OutOfMemoryRecord,
+    ParallelDeploymentSpec,
+    ParallelDeploymentStatus,
+    PlanStatus,
+    ServingSpec,
+)
 from autoparallel.controller.plan import Owner
 from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
 from autoparallel.controller.render import LABEL_COMPONENT, render_children, render_integrations
@@ -41,10 +49,11 @@ from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD, download_jo
 from autoparallel.controller.render.common import prefetched, tolerations
 from autoparallel.controller.render.overrides import PodTemplateConflict
 from autoparallel.controller.reservations import Ledger, reservation_for
-from autoparallel.controller.status import DEGRADED, PLANNED, ChildReadiness, get_condition, now, status_body
+from autoparallel.controller.status import PLANNED, ChildReadiness, get_condition, now, status_body
 from autoparallel.planner.search import placement
 
 REPLACE_RETRY_SECONDS = 2
+
 PRICES = OperatorConfig.from_env().prices()
 """GPU price overrides of this operator (``--gpu-prices`` / ``AUTOPARALLEL_GPU_PRICES``)."""
 LEDGER = Ledger()
@@ -52,27 +61,6 @@ LEDGER = Ledger()
 INTEGRATIONS_APPLIED: dict[str, frozenset[str]] = {}
 """Per resource (uid), the served CRDs its optional children were last applied for: a CRD installed later
 (e.g. the Prometheus Operator's) gets the children of the existing resources without a watch on that kind."""
-
-
-SECRET_MISSING = re.compile(r'secrets? "[^"]+" not found|couldn\'t find key \S+ in Secret \S+')
-"""The kubelet's messages for a missing Secret or key (``CreateContainerConfigError``)."""
-
-
-def pod_problem(body: kopf.Body) -> PodProblem | None:
-    """Why a pod of ours does not run, if it does not: the scheduler's or the kubelet's complaint."""
-    owner = body["metadata"]["labels"][LABEL_OWNER_UID]
-    name = body["metadata"]["name"]
-    status = body.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-            return PodProblem(owner, name, condition.get("message", ""))
-    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") == "CreateContainerConfigError":
-            message = waiting.get("message", "")
-            reason = "SecretNotFound" if SECRET_MISSING.search(message) else "ContainerConfigError"
-            return PodProblem(owner, name, f"container {container.get('name')}: {message}", reason)
-    return None
 
 
 @dataclass(frozen=True)
@@ -91,6 +79,8 @@ class Snapshot:
     """Names of the Ready, uncordoned GPU nodes."""
     served: frozenset[str] = frozenset()
     """The optional integrations' CRDs the API server serves (:mod:`capabilities`)."""
+    endpoints: Sequence[Endpoint] = ()
+    """This resource's ready vLLM servers."""
 
 
 def _current_status(body: kopf.Body) -> ParallelDeploymentStatus:
@@ -177,33 +167,6 @@ def _parse_spec(body: kopf.Body) -> ParallelDeploymentSpec | PlanFailure:
         return PlanFailure("InvalidSpec", f"spec.{where}: {first['msg']}")
 
 
-async def _event_once(
-    body: kopf.Body,
-    old: ParallelDeploymentStatus,
-    new: ParallelDeploymentStatus,
-    kind: str,
-    reason: str,
-    message: str,
-) -> None:
-    """Post an Event when the Planned condition or the plan changed — not on every resync."""
-    before, after = get_condition(old.conditions, PLANNED), get_condition(new.conditions, PLANNED)
-    plan_changed = (old.plan.hash if old.plan else None) != (new.plan.hash if new.plan else None)
-    condition_changed = (
-        before is None or after is None or (before.reason, before.message) != (after.reason, after.message)
-    )
-    if plan_changed or condition_changed:
-        await k8s.post_event(body, kind, reason, message)
-
-
-async def _warn_on_degradation(body: kopf.Body, old: ParallelDeploymentStatus, new: ParallelDeploymentStatus) -> None:
-    """A Warning Event when the resource turns Degraded for a new reason (a missing Secret, a failed Job …)."""
-    before, after = get_condition(old.conditions, DEGRADED), get_condition(new.conditions, DEGRADED)
-    if after is None or after.status != ConditionStatus.TRUE:
-        return
-    if before is None or (before.status, before.reason) != (after.status, after.reason):
-        await k8s.post_event(body, "Warning", after.reason, after.message)
-
-
 def _of_the_plan(manifest: Mapping[str, Any]) -> bool:
     """A workload rendered for the plan, of a kind the operator indexes (not a Service, not the weight cache's
     PVC or download Job, not an integration's object)."""
@@ -287,22 +250,31 @@ async def _sync_integrations(
 
 
 async def _plan_and_apply(
-    body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger: kopf.Logger | logging.Logger, trigger: str
+    body: kopf.Body,
+    patch: kopf.Patch,
+    snapshot: Snapshot,
+    logger: kopf.Logger | logging.Logger,
+    trigger: str,
+    out_of_memory: Sequence[OutOfMemoryRecord] | None = None,
 ) -> None:
+    """Plan, render, apply and derive the status; ``out_of_memory`` (default: the stored records) are the plans
+    vLLM ran out of memory on, which the new plan must leave more room than."""
     meta = body["metadata"]
     old = _current_status(body)
+    records = recorded_for(old.out_of_memory if out_of_memory is None else out_of_memory, meta.get("generation"))
     spec = _parse_spec(body)
     if isinstance(spec, PlanFailure):
         LEDGER.record(meta["uid"], None)
         new = derive_status(old, _facts(body, snapshot, None, outcome=spec))
-        await _event_once(body, old, new, "Warning", spec.reason, spec.message)
+        await event_once(body, old, new, "Warning", spec.reason, spec.message)
         metrics.RECONCILES.labels("invalid").inc()
         _patch(body, patch, new)
         return
     # From the inventory to the ledger entry nothing awaits: no other resource plans in between.
     inventory = _inventory(spec, snapshot, meta["uid"])
     started = time.perf_counter()
-    outcome: PlanResult | PlanFailure = plan_deployment(spec, inventory, PRICES)
+    failed = [] if pinned(spec) else [failed_plan(record) for record in records]
+    outcome: PlanResult | PlanFailure = plan_deployment(spec, inventory, PRICES, failed)
     metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
     manifests: list[dict[str, Any]] = []
     if isinstance(outcome, PlanResult):
@@ -310,21 +282,61 @@ async def _plan_and_apply(
         outcome, manifests = (rendered, []) if isinstance(rendered, PlanFailure) else (outcome, rendered)
     planned = None if isinstance(outcome, PlanFailure) else reservation_for(spec, outcome.status, meta)
     LEDGER.record(meta["uid"], planned)
-    new = derive_status(old, _facts(body, snapshot, spec, outcome=outcome, inventory=inventory_status(inventory)))
+    facts = _facts(body, snapshot, spec, outcome=outcome, inventory=inventory_status(inventory), out_of_memory=records)
+    new = derive_status(old, facts)
     if isinstance(outcome, PlanFailure):
-        await _event_once(body, old, new, "Warning", outcome.reason, outcome.message)
+        await event_once(body, old, new, "Warning", outcome.reason, outcome.message)
         metrics.RECONCILES.labels("failed").inc()
         _patch(body, patch, new)
         return
     deleted = await _apply(outcome, manifests, _owner(body), snapshot)
     reason = "PlanOnly" if spec.plan_only else "Planned"
-    verb = "Replanned" if trigger == "inventory" and old.plan is not None else reason
+    verb = "Replanned" if trigger in ("inventory", "oom") and old.plan is not None else reason
     extra = f"; removed {', '.join(deleted)}" if deleted else ""
-    await _event_once(body, old, new, "Normal", verb, f"{outcome.status.reason}{extra}")
+    await event_once(body, old, new, "Normal", verb, f"{outcome.status.reason}{extra}")
     metrics.record_plan(meta["namespace"], meta["name"], outcome.status)
     metrics.RECONCILES.labels("planned").inc()
     logger.info(f"{verb}: {outcome.status.reason}{extra}")
     _patch(body, patch, new)
+
+
+async def _fell_back_after_oom(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    snapshot: Snapshot,
+    logger: kopf.Logger | logging.Logger,
+    spec: ParallelDeploymentSpec,
+    status: ParallelDeploymentStatus,
+) -> bool:
+    """A serving pod of the current plan ran out of memory: record it, and replan past it while fallbacks are
+    left and nothing is pinned (else the plan stays and Ready says OutOfMemory). True when it replanned."""
+    assert status.plan is not None
+    meta = body["metadata"]
+    if any(
+        record.plan_hash == status.plan.hash for record in recorded_for(status.out_of_memory, meta.get("generation"))
+    ):
+        return False  # recorded already: the plan stays (pinned, or no fallback left)
+    problem = next(
+        (p for p in snapshot.problems if p.reason == "OutOfMemory" and p.plan_hash == status.plan.hash), None
+    )
+    if problem is None:
+        return False
+    record = oom_record(status, problem.name, problem.message, now(), meta.get("generation"))
+    records = [*recorded_for(status.out_of_memory, meta.get("generation")), record]
+    fallbacks = (spec.serving or ServingSpec()).out_of_memory_fallbacks
+    if pinned(spec) or len(records) > fallbacks:
+        why = "spec.parallelism pins the degrees" if pinned(spec) else f"{fallbacks} fallback(s) used"
+        await k8s.post_event(
+            body, "Warning", "OutOfMemory", f"{record.message} on {record.plan}; the plan stays: {why}"
+        )
+        _patch(body, patch, derive_status(status, _facts(body, snapshot, spec, out_of_memory=records)))
+        return True
+    await k8s.post_event(
+        body, "Warning", "OutOfMemory", f"{record.message} on {record.plan}: replanning with more memory per GPU"
+    )
+    logger.info(f"vLLM ran out of memory on {record.plan}: replanning")
+    await _plan_and_apply(body, patch, snapshot, logger, trigger="oom", out_of_memory=records)
+    return True
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger: kopf.Logger) -> None:
@@ -343,6 +355,8 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
         return
     if planned.status == ConditionStatus.TRUE and status.plan is not None:
         uid = body["metadata"]["uid"]
+        if await _fell_back_after_oom(body, patch, snapshot, logger, spec, status):
+            return
         if _cache_filled_since(spec, status.plan, snapshot, body):
             logger.info("the model is in the cache: starting the serving pods")
             await _plan_and_apply(body, patch, snapshot, logger, trigger="spec")
@@ -351,8 +365,9 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
             if INTEGRATIONS_APPLIED.get(uid, snapshot.served) != snapshot.served:
                 logger.info(f"optional integrations served now: {sorted(snapshot.served) or 'none'}")
                 await _sync_integrations(spec, status.plan, body, snapshot)
-            new = derive_status(status, _facts(body, snapshot, spec))
-            await _warn_on_degradation(body, status, new)
+            measured = await measure(body, spec, status.plan, snapshot.endpoints, logger)
+            new = derive_status(status, _facts(body, snapshot, spec, measured=measured))
+            await warn_on_degradation(body, status, new)
             _patch(body, patch, new)
             return
         logger.info("the current plan no longer fits the inventory: replanning")

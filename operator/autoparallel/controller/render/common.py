@@ -204,7 +204,9 @@ def container(
     probes: Mapping[str, Manifest] | None = None,
     env_sources: Sequence[Manifest] = (),
 ) -> Manifest:
-    """A GPU container with /dev/shm mounted; ``probes`` maps ``readinessProbe`` etc. to their specs."""
+    """A GPU container with /dev/shm mounted; ``probes`` maps ``readinessProbe`` etc. to their specs. When it
+    fails, the kubelet keeps the tail of its log as the termination message (FallbackToLogsOnError): the
+    operator reads vLLM's out-of-memory line there, without access to pod logs."""
     body: Manifest = {"name": name, "image": image, "command": list(command)}
     if ports:
         body["ports"] = list(ports)
@@ -214,6 +216,7 @@ def container(
         body["envFrom"] = list(env_sources)
     body["resources"] = resources
     body["volumeMounts"] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    body["terminationMessagePolicy"] = "FallbackToLogsOnError"
     body.update(probes or {})
     return body
 
