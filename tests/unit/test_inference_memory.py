@@ -10,10 +10,10 @@ from autoparallel.planner.inference import (
     pipeline_partition,
 )
 from autoparallel.planner.precision import (
+    assumed_checkpoint,
     checkpoint_format,
     kv_cache_bytes,
     resolve_dtype,
-    assumed_checkpoint,
     unquantized,
 )
 from autoparallel.planner.resolve import resolve_model

@@ -110,7 +110,9 @@ def smallest_fit(ctx: Context, pools: tuple[NodePool, ...]) -> tuple[str, int | 
     for pool in {p.gpu_name: p for p in pools}.values():
         nodes = max(GROWTH_NODES, pool.num_nodes)
         ample = replace(pool, name=pool.gpu_name, free_gpus=(pool.gpus_per_node,) * nodes, price_per_gpu_hour=0.0)
-        request = _graph_safe(ctx, pool, replace(ctx.request, objective="minimize_gpus", max_gpus=None, data_parallel=None))
+        request = _graph_safe(
+            ctx, pool, replace(ctx.request, objective="minimize_gpus", max_gpus=None, data_parallel=None)
+        )
         plans = search(ctx.model.shape, (ample,), request).plans
         if plans and (best is None or plans[0].degrees.total_gpus < best[0].degrees.total_gpus):
             best = (plans[0], request)
@@ -126,9 +128,9 @@ def smallest_fit(ctx: Context, pools: tuple[NodePool, ...]) -> tuple[str, int | 
         f"the smallest cluster that fits is {d.total_gpus}× {plan.pool.gpu_name} "
         f"({plan.nodes} node(s) of {plan.pool.gpus_per_node}: TP={d.tensor} PP={d.pipeline} DP={d.data})"
     )
-    if request.serving is not None and ctx.request.serving is not None:
-        if request.serving.gpu_memory_utilization != ctx.request.serving.gpu_memory_utilization:
-            sentence += f" with gpu_memory_utilization {request.serving.gpu_memory_utilization:g}"
+    wanted, lowered = ctx.request.serving, request.serving
+    if wanted is not None and lowered is not None and lowered.gpu_memory_utilization != wanted.gpu_memory_utilization:
+        sentence += f" with gpu_memory_utilization {lowered.gpu_memory_utilization:g}"
     return sentence, d.total_gpus
 
 

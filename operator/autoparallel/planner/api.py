@@ -175,9 +175,9 @@ def analyze(
     """Ranked parallel configurations of ``model`` on ``cluster`` (best first).
 
     ``sequence_length`` defaults to 2048, or the model's maximum positions when fewer. ``cost_per_hour_usd`` is
-    None when no price is known for the GPU. Raises ModelNotFoundError, InsufficientMemoryError or InvalidConfigurationError with a message that
-    names the field at fault and the nearest fix. With ``explain=True`` every dict also lists the rejected
-    candidates under ``rejected``, one line each.
+    None when no price is known for the GPU. Raises ModelNotFoundError, InsufficientMemoryError or
+    InvalidConfigurationError with a message that names the field at fault and the nearest fix. With
+    ``explain=True`` every dict also lists the rejected candidates under ``rejected``, one line each.
     """
     if isinstance(max_configs, bool) or not isinstance(max_configs, int) or max_configs < 1:
         raise InvalidConfigurationError(f"max_configs: expected a positive integer, got {max_configs!r}")
@@ -196,9 +196,7 @@ def best_config(model: ModelRef, cluster: object, objective: str = "minimize_gpu
     return analyze(model, cluster, max_configs=1, **{**options, "objective": objective})[0]
 
 
-def check_memory_requirements(
-    model: ModelRef, sequence_length: int | None = None, **options: Any
-) -> dict[str, Any]:
+def check_memory_requirements(model: ModelRef, sequence_length: int | None = None, **options: Any) -> dict[str, Any]:
     """Memory the model needs on one GPU, without a cluster: weights, one sequence, ``batch_size`` sequences.
 
     ``sequence_length`` defaults to 2048, or the model's maximum positions when fewer.

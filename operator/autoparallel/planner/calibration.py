@@ -16,10 +16,10 @@ from pathlib import Path
 from autoparallel.planner.errors import AutoParallelError
 from autoparallel.planner.inference import Degrees, ServingSettings, estimate_inference
 from autoparallel.planner.precision import (
-    checkpoint_format,
-    kv_cache_bytes,
     QUANTIZATIONS,
     assumed_checkpoint,
+    checkpoint_format,
+    kv_cache_bytes,
     runtime_quantization,
     unquantized,
 )

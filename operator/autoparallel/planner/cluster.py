@@ -136,7 +136,9 @@ def _pool_from_dict(raw: Mapping[str, Any], where: str) -> NodePool:
             )
         free = tuple(free_raw)
     price = raw.get("price_per_gpu_hour")
-    if price is not None and (isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price < math.inf):
+    if price is not None and (
+        isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price < math.inf
+    ):
         raise InvalidConfigurationError(f"{where}.price_per_gpu_hour: expected a number ≥ 0, got {price!r}")
     gpu_name = spec.name if spec else _unknown_gpu_name(gpu_label, raw.get("gpu_memory_gb"))
     return NodePool(

@@ -154,9 +154,7 @@ DEFAULT_SEQUENCE_LENGTH = 2048
 """Sequence length when the caller gives none, capped at the model's positions (gpt2 has 1024)."""
 
 
-def build_context(
-    model: ModelRef, sequence_length: int | None, batch_size: int, options: Mapping[str, Any]
-) -> Context:
+def build_context(model: ModelRef, sequence_length: int | None, batch_size: int, options: Mapping[str, Any]) -> Context:
     """Validate the options, resolve the model and build the search request.
 
     ``sequence_length`` None means :data:`DEFAULT_SEQUENCE_LENGTH`, or the model's maximum when that is shorter.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +115,7 @@ def _number(config: Mapping[str, Any], key: str, default: int, where: str) -> in
     value = config.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < -1:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value < math.inf:
         raise InvalidConfigurationError(f"{where}.{key}: expected an integer, got {value!r}")
     return int(value)
 

@@ -240,7 +240,9 @@ def _shape(config: Any, source: str) -> ModelShape:
             "layers agree, or plan another model"
         ) from error
     except (ValueError, TypeError, ZeroDivisionError) as error:
-        raise InvalidConfigurationError(f"{source}: the config does not describe a buildable model ({error})") from error
+        raise InvalidConfigurationError(
+            f"{source}: the config does not describe a buildable model ({error})"
+        ) from error
 
 
 def _resolved(model_id: str, config: Any) -> ResolvedModel:
