@@ -27,7 +27,7 @@ from autoparallel.planner import (
     estimate_cost,
 )
 from autoparallel.planner.gpus import GPU_CATALOG
-from autoparallel.planner.precision import DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS
+from autoparallel.planner.precision import DTYPES, KV_CACHE_DTYPES, QUANTIZATIONS, WEIGHT_FORMATS
 from autoparallel.planner.search import OBJECTIVES, WORKLOADS
 from autoparallel.planner.units import to_gib
 
@@ -39,6 +39,7 @@ _PLANNER_FLAGS = (
     ("--gpu-memory-utilization", float, None),
     ("--dtype", str, DTYPES),
     ("--quantization", str, QUANTIZATIONS),
+    ("--weight-format", str, WEIGHT_FORMATS),
     ("--kv-cache-dtype", str, KV_CACHE_DTYPES),
     ("--workload", str, WORKLOADS),
     ("--max-num-batched-tokens", int, None),
@@ -54,7 +55,9 @@ _PLANNER_FLAGS = (
 
 def _add_planner_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="Hugging Face id, path to a config.json, or a catalog id")
-    parser.add_argument("--seq-len", type=int, default=2048, help="sequence length (max model len)")
+    parser.add_argument(
+        "--seq-len", type=int, default=None, help="sequence length (max model len; default 2048 or the model's maximum)"
+    )
     parser.add_argument("--batch", type=int, default=32, help="concurrent sequences (inference) or global batch")
     for flag, kind, choices in _PLANNER_FLAGS:
         parser.add_argument(flag, type=kind, choices=choices, default=None)
@@ -172,10 +175,13 @@ def _cost(args: argparse.Namespace, console: Console) -> None:
     if args.json:
         console.print_json(json.dumps(result))
         return
-    console.print(
-        f"{result['gpus_needed']}× {result['gpu_type']} at ${result['cost_per_gpu_hour']:.2f}/GPU-hour → "
-        f"[bold]${result['estimated_monthly_cost_usd']:,.2f}[/bold] per month"
-    )
+    if result["cost_per_gpu_hour"] is None:
+        console.print(f"{result['gpus_needed']}× {result['gpu_type']} at an unknown price (pass --price)")
+    else:
+        console.print(
+            f"{result['gpus_needed']}× {result['gpu_type']} at ${result['cost_per_gpu_hour']:.2f}/GPU-hour → "
+            f"[bold]${result['estimated_monthly_cost_usd']:,.2f}[/bold] per month"
+        )
     console.print(f"Assumptions: {result['assumptions']}", soft_wrap=True)
 
 

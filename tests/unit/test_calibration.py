@@ -21,7 +21,7 @@ USABLE = [c for c in COMPARISONS if c.skipped is None]
 
 def _row_id(comparison: Comparison) -> str:
     m = comparison.measurement
-    quantization = m.runtime_quantization or "stored"
+    quantization = m.runtime_quantization or m.weight_format or "stored"
     return f"{m.label}-tp{m.tensor}-pp{m.pipeline}-{m.dtype}-{quantization}-kv{m.kv_cache_dtype}-{m.max_model_len}"
 
 

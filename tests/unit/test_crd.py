@@ -371,6 +371,8 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
         "serving applies to inference; use training for workload.type training",
         "training applies to workload.type training",
         "parallelism.expert applies to inference",
+        "quantization quantizes an unquantized checkpoint at load time, weightFormat plans for a checkpoint stored "
+        "quantized: give one",
         "cache takes claimName or size",
         "storageClassName, accessModes and retain apply to a cache the operator creates (size)",
         "maxGPUs must be at least tensor × pipeline",

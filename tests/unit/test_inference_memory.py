@@ -10,10 +10,10 @@ from autoparallel.planner.inference import (
     pipeline_partition,
 )
 from autoparallel.planner.precision import (
+    assumed_checkpoint,
     checkpoint_format,
     kv_cache_bytes,
     resolve_dtype,
-    runtime_quantization,
     unquantized,
 )
 from autoparallel.planner.resolve import resolve_model
@@ -96,11 +96,11 @@ def test_quantized_checkpoints_are_counted_as_stored() -> None:
     assert fp8_block is not None and fp8_block.bytes_for(128 * 128) == 128 * 128 + 4
     awq = checkpoint_format({"quant_method": "awq", "bits": 4, "group_size": 128}, dtype)
     assert awq is not None and awq.bytes_for(128) == 64 + 2.5  # 4-bit weights, fp16 scale, 4-bit zero
-    gptq = runtime_quantization("gptq", dtype)
+    gptq = assumed_checkpoint("gptq", dtype)
     assert gptq.bytes_for(1024) == 512 + 8 * 2
     llama = resolve_model("meta-llama/Meta-Llama-3.1-8B").shape
     full = estimate_inference(llama, Degrees(), _settings(), H100, 8192).stages[0].weights
-    int4 = ServingSettings(dtype, runtime_quantization("int4", dtype), 2)
+    int4 = ServingSettings(dtype, assumed_checkpoint("int4", dtype), 2)
     quarter = estimate_inference(llama, Degrees(), int4, H100, 8192).stages[0].weights
     # Linear layers shrink 4×; the 2 × 1 GiB of embedding and lm_head stay bf16.
     assert 0.30 < quarter / full < 0.40

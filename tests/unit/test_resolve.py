@@ -69,7 +69,7 @@ def test_falcon_refinedweb_config_is_converted() -> None:
 def test_unknown_model_type_is_a_clear_error() -> None:
     with pytest.raises(InvalidConfigurationError, match="model_type 'wizard' is not known to transformers"):
         resolve_model({"model_type": "wizard", "hidden_size": 8})
-    with pytest.raises(InvalidConfigurationError, match="has no 'model_type'"):
+    with pytest.raises(InvalidConfigurationError, match="config field model_type: the config has none"):
         resolve_model({"hidden_size": 8})
 
 

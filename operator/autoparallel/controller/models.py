@@ -45,11 +45,25 @@ class DType(StrEnum):
 
 
 class Quantization(StrEnum):
+    """Load-time methods; int8, int4, awq and gptq are accepted only to be refused with a pointer to weightFormat
+    (they are checkpoint formats: vLLM refuses them as --quantization on an unquantized checkpoint)."""
+
+    FP8 = "fp8"
+    BITSANDBYTES = "bitsandbytes"
+    INT8 = "int8"
+    INT4 = "int4"
+    AWQ = "awq"
+    GPTQ = "gptq"
+
+
+class WeightFormat(StrEnum):
     FP8 = "fp8"
     INT8 = "int8"
     INT4 = "int4"
     AWQ = "awq"
     GPTQ = "gptq"
+    NVFP4 = "nvfp4"
+    MXFP4 = "mxfp4"
 
 
 class KVCacheDType(StrEnum):
@@ -107,6 +121,18 @@ class CacheSpec(_Model):
 class ModelSpec(_Model):
     """Which model to run."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.quantization) || !has(self.weightFormat)",
+                    "message": "quantization quantizes an unquantized checkpoint at load time, weightFormat plans "
+                    "for a checkpoint stored quantized: give one",
+                },
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=256)
     """Hugging Face model id (e.g. meta-llama/Llama-3.1-70B). It is passed to vLLM/torchrun as is and
     resolved by the planner from its bundled catalog, or from `config` when given."""
@@ -119,7 +145,11 @@ class ModelSpec(_Model):
     dtype: DType = DType.AUTO
     """Weights and activations dtype; auto keeps the checkpoint's (float32 checkpoints run in bfloat16)."""
     quantization: Quantization | None = None
-    """Quantize weights at load time; unset reads the checkpoint's quantization_config."""
+    """Quantize an unquantized checkpoint while vLLM loads it (--quantization): fp8 or bitsandbytes (4-bit).
+    int8, int4, awq and gptq are checkpoint formats and are refused here: use weightFormat."""
+    weight_format: WeightFormat | None = Field(default=None, alias="weightFormat")
+    """Plan for a checkpoint already stored in this format (fp8, int8, int4, awq, gptq, nvfp4, mxfp4): name such a
+    checkpoint in `name`, vLLM reads its quantization_config. Unset reads the checkpoint's own quantization_config."""
     cache: CacheSpec | None = None
     """A weight cache (HF_HOME on a PVC) that restarts and replans reuse instead of downloading again."""
     token_secret_ref: TokenSecretRef | None = Field(default=None, alias="tokenSecretRef")

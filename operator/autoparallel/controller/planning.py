@@ -67,6 +67,7 @@ def planner_options(spec: ParallelDeploymentSpec) -> dict[str, Any]:
         "expert_parallel": spec.parallelism.expert,
         "max_gpus": spec.parallelism.max_gpus,
         "quantization": spec.model.quantization.value if spec.model.quantization else None,
+        "weight_format": spec.model.weight_format.value if spec.model.weight_format else None,
         "dtype": None if spec.model.dtype == DType.AUTO else spec.model.dtype.value,
     }
     if spec.workload.type == WorkloadType.INFERENCE:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from autoparallel.planner.cluster import NodePool, parse_cluster
+from autoparallel.planner.advice import insufficient_memory
+from autoparallel.planner.cluster import NodePool, parse_cluster, pool_price
 from autoparallel.planner.commands import ServeOptions, TrainOptions, join, torchrun_args, vllm_serve_args
-from autoparallel.planner.errors import InsufficientMemoryError, InvalidConfigurationError
+from autoparallel.planner.errors import InvalidConfigurationError
 from autoparallel.planner.gpus import GPU_CATALOG
 from autoparallel.planner.inference import VLLM_VERSION, Degrees, InferenceEstimate, estimate_inference
 from autoparallel.planner.options import Context, ModelRef, build_context
+from autoparallel.planner.precision import checkpoint_format
 from autoparallel.planner.search import Plan, SearchResult, search
 from autoparallel.planner.training import TrainingSettings, estimate_training
 from autoparallel.planner.units import to_gib
@@ -71,7 +73,23 @@ def _reason(plan: Plan, ctx: Context) -> str:
         )
     else:
         serves = f"{to_gib(plan.per_gpu_bytes)} GiB per GPU for global batch {ctx.request.batch_size}"
-    return f"{ctx.request.objective}: {layout} on {where}; {serves}"
+    return f"{ctx.request.objective}: {layout} on {where}; {serves}{_checkpoint_note(ctx)}"
+
+
+def _checkpoint_note(ctx: Context) -> str:
+    """What the plan assumes about the checkpoint when ``weight_format`` differs from the model's own."""
+    wanted = ctx.options["weight_format"]
+    serving = ctx.request.serving
+    if wanted is None or serving is None:
+        return ""
+    stored = checkpoint_format(ctx.model.quantization_config, serving.dtype)
+    if stored is not None and stored.name == wanted:
+        return ""
+    return (
+        f"; requires a checkpoint stored as {wanted} (weight_format): serve a {wanted} checkpoint of "
+        f"{ctx.model.model_id}, whose quantization_config vLLM reads, since {ctx.model.model_id} itself is stored "
+        f"as {stored.name if stored else serving.dtype}"
+    )
 
 
 def _plan_dict(plan: Plan, ctx: Context) -> dict[str, Any]:
@@ -96,7 +114,7 @@ def _plan_dict(plan: Plan, ctx: Context) -> dict[str, Any]:
         "gpus_per_replica": d.gpus_per_replica,
         "nodes_per_replica": plan.nodes_per_replica,
         "gpu_memory_gb": to_gib(plan.pool.gpu_memory_bytes),
-        "cost_per_hour_usd": round(plan.cost_per_hour, 2),
+        "cost_per_hour_usd": round(plan.cost_per_hour, 2) if plan.cost_per_hour is not None else None,
         "workload": ctx.request.workload,
         "model": ctx.model.model_id,
         "vllm_version": VLLM_VERSION,
@@ -115,43 +133,20 @@ def _plan_dict(plan: Plan, ctx: Context) -> dict[str, Any]:
     return result
 
 
-def _smallest_fit(ctx: Context, pools: tuple[NodePool, ...]) -> tuple[str, int | None]:
-    """The smallest cluster of the same GPU products (whole nodes, as many as needed) that would fit:
-    a sentence and the number of GPUs (None when no number of these GPUs fits)."""
-    best: Plan | None = None
-    for pool in {p.gpu_name: p for p in pools}.values():
-        nodes = max(64, pool.num_nodes)
-        ample = replace(pool, name=pool.gpu_name, free_gpus=(pool.gpus_per_node,) * nodes, price_per_gpu_hour=0.0)
-        request = replace(ctx.request, objective="minimize_gpus", max_gpus=None, data_parallel=None)
-        plans = search(ctx.model.shape, (ample,), request).plans
-        if plans and (best is None or plans[0].degrees.total_gpus < best.degrees.total_gpus):
-            best = plans[0]
-    if best is None:
-        return (
-            "it does not fit even on 64 nodes of these GPUs; use larger GPUs, quantization or a shorter sequence",
-            None,
-        )
-    d = best.degrees
-    sentence = (
-        f"the smallest cluster that fits is {d.total_gpus}× {best.pool.gpu_name} "
-        f"({best.nodes} node(s) of {best.pool.gpus_per_node}: TP={d.tensor} PP={d.pipeline} DP={d.data})"
-    )
-    return sentence, d.total_gpus
-
-
 def _run(ctx: Context, cluster: object) -> tuple[tuple[NodePool, ...], SearchResult]:
     pools = parse_cluster(cluster)
+    if ctx.request.objective == "minimize_cost":
+        prices = dict(ctx.request.prices)
+        unpriced = sorted({p.gpu_name for p in pools if pool_price(p, prices) is None})
+        if unpriced:
+            raise InvalidConfigurationError(
+                f"objective: minimize_cost needs a price for every GPU and none is known for {', '.join(unpriced)}; "
+                f"pass prices={{{unpriced[0]!r}: USD per GPU-hour}} (or price_per_gpu_hour on the pool), or "
+                "choose another objective"
+            )
     result = search(ctx.model.shape, pools, ctx.request)
     if not result.plans:
-        free = sum(p.free_total for p in pools)
-        reasons = "; ".join(dict.fromkeys(str(r) for r in result.rejections[-3:]))
-        fit, gpus_needed = _smallest_fit(ctx, pools)
-        raise InsufficientMemoryError(
-            f"{ctx.model.model_id} ({ctx.request.workload}, sequence_length={ctx.request.sequence_length}, "
-            f"batch_size={ctx.request.batch_size}) does not fit on the cluster's {free} free GPU(s): "
-            f"{fit}. Last rejections: {reasons}",
-            gpus_needed=gpus_needed,
-        )
+        raise insufficient_memory(ctx, pools, result)
     return pools, result
 
 
@@ -172,16 +167,17 @@ def _distinct(plans: tuple[Plan, ...], limit: int) -> list[Plan]:
 def analyze(
     model: ModelRef,
     cluster: object,
-    sequence_length: int = 2048,
+    sequence_length: int | None = None,
     batch_size: int = 32,
     max_configs: int = 5,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Ranked parallel configurations of ``model`` on ``cluster`` (best first).
 
-    Raises ModelNotFoundError, InsufficientMemoryError or InvalidConfigurationError with a message that
-    names the field at fault and the nearest fix. With ``explain=True`` every dict also lists the rejected
-    candidates under ``rejected``, one line each.
+    ``sequence_length`` defaults to 2048, or the model's maximum positions when fewer. ``cost_per_hour_usd`` is
+    None when no price is known for the GPU. Raises ModelNotFoundError, InsufficientMemoryError or
+    InvalidConfigurationError with a message that names the field at fault and the nearest fix. With
+    ``explain=True`` every dict also lists the rejected candidates under ``rejected``, one line each.
     """
     if isinstance(max_configs, bool) or not isinstance(max_configs, int) or max_configs < 1:
         raise InvalidConfigurationError(f"max_configs: expected a positive integer, got {max_configs!r}")
@@ -200,10 +196,14 @@ def best_config(model: ModelRef, cluster: object, objective: str = "minimize_gpu
     return analyze(model, cluster, max_configs=1, **{**options, "objective": objective})[0]
 
 
-def check_memory_requirements(model: ModelRef, sequence_length: int = 2048, **options: Any) -> dict[str, Any]:
-    """Memory the model needs on one GPU, without a cluster: weights, one sequence, ``batch_size`` sequences."""
+def check_memory_requirements(model: ModelRef, sequence_length: int | None = None, **options: Any) -> dict[str, Any]:
+    """Memory the model needs on one GPU, without a cluster: weights, one sequence, ``batch_size`` sequences.
+
+    ``sequence_length`` defaults to 2048, or the model's maximum positions when fewer.
+    """
     batch = options.pop("batch_size", 32)
     ctx = build_context(model, sequence_length, batch, options)
+    sequence_length = ctx.request.sequence_length
     shape = ctx.model.shape
     serving = ctx.request.serving
     assert serving is not None
@@ -247,18 +247,41 @@ def estimate_cost(model: ModelRef, cluster: object, hours_per_month: float = 730
     """Monthly cost of the cheapest configuration that serves the request on ``cluster``."""
     if isinstance(hours_per_month, bool) or not isinstance(hours_per_month, int | float) or hours_per_month <= 0:
         raise InvalidConfigurationError(f"hours_per_month: expected a positive number, got {hours_per_month!r}")
-    config = best_config(model, cluster, **{**options, "objective": options.get("objective", "minimize_cost")})
-    price = config["cost_per_hour_usd"] / config["total_gpus"]
-    source = "caller's prices" if options.get("prices") else "autoparallel's default on-demand list prices"
+    objective = options.get("objective", "minimize_cost")
+    if "objective" not in options and _unpriced(cluster, options.get("prices") or {}):
+        objective = "minimize_gpus"  # no price to minimise: the fewest GPUs, its cost reported as unknown
+    config = best_config(model, cluster, **{**options, "objective": objective})
+    gpus = config["total_gpus"]
+    hourly = config["cost_per_hour_usd"]
+    if hourly is None:
+        price = None
+        assumptions = (
+            f"{gpus}× {config['gpu_type']} at an unknown price: autoparallel has no price for this GPU; pass "
+            f"prices={{{config['gpu_type']!r}: USD per GPU-hour}}. Plan '{config['reason']}'"
+        )
+    else:
+        price = hourly / gpus
+        source = "caller's prices" if options.get("prices") else "autoparallel's default on-demand list prices"
+        assumptions = (
+            f"{gpus}× {config['gpu_type']} at ${price:.2f}/GPU-hour ({source}), "
+            f"{hours_per_month} hours per month, plan '{config['reason']}'"
+        )
     return {
-        "gpus_needed": config["total_gpus"],
+        "gpus_needed": gpus,
         "gpu_type": config["gpu_type"],
-        "cost_per_gpu_hour": round(price, 2),
-        "estimated_monthly_cost_usd": round(config["cost_per_hour_usd"] * hours_per_month, 2),
+        "cost_per_gpu_hour": round(price, 2) if price is not None else None,
+        "estimated_monthly_cost_usd": round(hourly * hours_per_month, 2) if hourly is not None else None,
         "hours_per_month": hours_per_month,
         "configuration": {k: config[k] for k in ("tensor_parallel", "pipeline_parallel", "data_parallel")},
-        "assumptions": (
-            f"{config['total_gpus']}× {config['gpu_type']} at ${price:.2f}/GPU-hour ({source}), "
-            f"{hours_per_month} hours per month, plan '{config['reason']}'"
-        ),
+        "assumptions": assumptions,
     }
+
+
+def _unpriced(cluster: object, prices: object) -> bool:
+    """Whether no pool of ``cluster`` has a known price (malformed input is left to the planner's checks)."""
+    try:
+        pools = parse_cluster(cluster)
+    except InvalidConfigurationError:
+        return False
+    known = dict(prices) if isinstance(prices, dict) else {}
+    return all(pool_price(pool, known) is None for pool in pools)

@@ -16,6 +16,8 @@ from pathlib import Path
 from autoparallel.planner.errors import AutoParallelError
 from autoparallel.planner.inference import Degrees, ServingSettings, estimate_inference
 from autoparallel.planner.precision import (
+    QUANTIZATIONS,
+    assumed_checkpoint,
     checkpoint_format,
     kv_cache_bytes,
     runtime_quantization,
@@ -37,6 +39,9 @@ class Measurement:
     pipeline: int
     dtype: str
     runtime_quantization: str | None
+    """vLLM's load-time ``--quantization`` of the run (None: the checkpoint's own format)."""
+    weight_format: str | None
+    """The stored format of a quantized checkpoint whose config is not at hand (its base model's is)."""
     kv_cache_dtype: str
     max_model_len: int
     gpu_memory_utilization: float
@@ -77,7 +82,7 @@ def load_measurements(path: Path, bases: Mapping[str, Mapping[str, str]] | None 
         for raw in csv.DictReader(handle):
             dtype, _, method = raw["dtype/quant"].partition("+")
             base = (bases or {}).get(raw["model"], {})
-            method = base.get("quantization", method)
+            stored = base.get("quantization")
             rows.append(
                 Measurement(
                     label=raw["model"],
@@ -85,7 +90,8 @@ def load_measurements(path: Path, bases: Mapping[str, Mapping[str, str]] | None 
                     tensor=int(raw["tp"]),
                     pipeline=int(raw["pp"]),
                     dtype=dtype,
-                    runtime_quantization=method if method in ("fp8", "int8", "int4") else None,
+                    runtime_quantization=method if method in QUANTIZATIONS and not stored else None,
+                    weight_format=stored,
                     kv_cache_dtype=raw["kv_cache_dtype"] or "auto",
                     max_model_len=int(raw["max_model_len"]),
                     gpu_memory_utilization=float(raw["gpu_memory_utilization"]),
@@ -106,7 +112,9 @@ def compare(measurement: Measurement) -> Comparison:
         return Comparison(measurement, 0.0, 0, skipped=str(error).split(";")[0])
     dtype = measurement.dtype
     if measurement.runtime_quantization:
-        weights = runtime_quantization(measurement.runtime_quantization, dtype)
+        weights = runtime_quantization(measurement.runtime_quantization)
+    elif measurement.weight_format:
+        weights = assumed_checkpoint(measurement.weight_format, dtype)
     else:
         weights = checkpoint_format(model.quantization_config, dtype) or unquantized(dtype)
     settings = ServingSettings(

@@ -6,6 +6,7 @@ every node has and how many of them are still free, so the search can place repl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,12 @@ from typing import Any
 from autoparallel.planner.errors import InvalidConfigurationError
 from autoparallel.planner.gpus import GPUSpec, find_gpu, lookup_gpu
 from autoparallel.planner.units import GIB
+
+MAX_NODES = 5000
+"""Nodes per pool at most: Kubernetes' documented scalability limit (kubernetes.io, "Considerations for large
+clusters": no more than 5,000 nodes). The search keeps one entry per node, so a bound keeps it fast."""
+MAX_GPUS_PER_NODE = 72
+"""GPUs per node at most: the largest NVLink domain sold as one system (GB200 NVL72)."""
 
 _SEED_KEYS = {"gpu_memory_gb", "gpus_per_node", "num_nodes", "gpu_architecture", "gpu_type"}
 _POOL_KEYS = _SEED_KEYS | {"name", "free_gpus_per_node", "price_per_gpu_hour"}
@@ -54,10 +61,19 @@ class NodePool:
         return find_gpu(self.gpu_name)
 
 
-def _positive_int(raw: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+def pool_price(pool: NodePool, prices: Mapping[str, float]) -> float | None:
+    """USD per GPU-hour of a pool: its own price, the caller's price for its GPU, the catalog's; None if unknown."""
+    if pool.price_per_gpu_hour is not None:
+        return pool.price_per_gpu_hour
+    if pool.gpu_name in prices:
+        return prices[pool.gpu_name]
+    return pool.gpu.price_per_hour_usd if pool.gpu else None
+
+
+def _positive_int(raw: Mapping[str, Any], key: str, where: str, maximum: int, default: int | None = None) -> int:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidConfigurationError(f"{where}.{key}: expected a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidConfigurationError(f"{where}.{key}: expected an integer from 1 to {maximum:,}, got {value!r}")
     return value
 
 
@@ -73,11 +89,16 @@ def _gpu_memory(raw: Mapping[str, Any], spec: GPUSpec | None, where: str) -> int
         if spec is None:
             raise InvalidConfigurationError(f"{where}: give gpu_memory_gb or a known gpu_type")
         return spec.usable_bytes
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise InvalidConfigurationError(f"{where}.gpu_memory_gb: expected a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidConfigurationError(f"{where}.gpu_memory_gb: expected a positive finite number, got {value!r}")
     if spec is not None and round(spec.memory_mib / 1024) == round(value):
         return spec.usable_bytes
     return int(value * GIB)
+
+
+def _unknown_gpu_name(label: str | None, memory_gib: object) -> str:
+    """A name for a GPU the catalog does not know, one that no catalog lookup matches (it has no catalog price)."""
+    return f"{label}-{memory_gib}GiB" if label else f"{memory_gib}GiB-GPU"
 
 
 def _pool_from_dict(raw: Mapping[str, Any], where: str) -> NodePool:
@@ -94,9 +115,13 @@ def _pool_from_dict(raw: Mapping[str, Any], where: str) -> NodePool:
     if gpu_label is not None:
         if not isinstance(gpu_label, str):
             raise InvalidConfigurationError(f"{where}.{gpu_field}: expected a string, got {gpu_label!r}")
-        spec = find_gpu(gpu_label) if "gpu_memory_gb" in raw else lookup_gpu(gpu_label, f"{where}.{gpu_field}")
-    gpus_per_node = _positive_int(raw, "gpus_per_node", where)
-    num_nodes = _positive_int(raw, "num_nodes", where, default=1)
+        memory = raw.get("gpu_memory_gb")
+        if memory is None:
+            spec = lookup_gpu(gpu_label, f"{where}.{gpu_field}")
+        elif isinstance(memory, int | float) and not isinstance(memory, bool) and 0 < memory < math.inf:
+            spec = find_gpu(gpu_label, memory)
+    gpus_per_node = _positive_int(raw, "gpus_per_node", where, MAX_GPUS_PER_NODE)
+    num_nodes = _positive_int(raw, "num_nodes", where, MAX_NODES, default=1)
     free_raw = raw.get("free_gpus_per_node")
     if free_raw is None:
         free = (gpus_per_node,) * num_nodes
@@ -111,9 +136,11 @@ def _pool_from_dict(raw: Mapping[str, Any], where: str) -> NodePool:
             )
         free = tuple(free_raw)
     price = raw.get("price_per_gpu_hour")
-    if price is not None and (isinstance(price, bool) or not isinstance(price, int | float) or price < 0):
+    if price is not None and (
+        isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price < math.inf
+    ):
         raise InvalidConfigurationError(f"{where}.price_per_gpu_hour: expected a number ≥ 0, got {price!r}")
-    gpu_name = spec.name if spec else (gpu_label or f"{raw.get('gpu_memory_gb')}GiB-GPU")
+    gpu_name = spec.name if spec else _unknown_gpu_name(gpu_label, raw.get("gpu_memory_gb"))
     return NodePool(
         name=str(raw.get("name", gpu_name)),
         gpu_name=gpu_name,

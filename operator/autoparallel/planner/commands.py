@@ -8,10 +8,6 @@ from dataclasses import dataclass
 
 from autoparallel.planner.inference import DEFAULT_MAX_NUM_BATCHED_TOKENS, Degrees
 
-VLLM_QUANTIZATION = {"fp8": "fp8", "awq": "awq", "gptq": "gptq", "int4": "bitsandbytes"}
-"""vLLM's --quantization method for each load-time quantization the planner accepts (int4 is bitsandbytes'
-in-flight 4-bit; vLLM has no load-time int8, so the planner rejects it for serving)."""
-
 TORCHRUN_MASTER_PORT = 29500
 """torchrun's conventional rendezvous port (PET_MASTER_PORT in Kubeflow's Trainer)."""
 
@@ -25,6 +21,8 @@ class ServeOptions:
     gpu_memory_utilization: float
     dtype: str | None = None
     quantization: str | None = None
+    """A load-time method (``fp8``, ``bitsandbytes``), passed as vLLM's --quantization; a pre-quantized
+    checkpoint needs none (vLLM reads its quantization_config)."""
     kv_cache_dtype: str = "auto"
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
     port: int = 8000
@@ -56,7 +54,7 @@ def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -
     if options.dtype:
         args += ["--dtype", options.dtype]
     if options.quantization:
-        args += ["--quantization", VLLM_QUANTIZATION[options.quantization]]
+        args += ["--quantization", options.quantization]
     if options.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", options.kv_cache_dtype]
     if options.max_num_batched_tokens != DEFAULT_MAX_NUM_BATCHED_TOKENS:

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from autoparallel.planner.errors import InvalidConfigurationError
-from autoparallel.planner.units import MIB
+from autoparallel.planner.units import GIB, MIB
 
 # nvidia-smi total (81,559 MiB) minus CUDA-visible total (79.19 GiB = 81,089 MiB) on H100 80GB HBM3,
 # from the vLLM 0.19 startup logs in shared/calibration/vllm_measured.csv.
@@ -49,6 +49,11 @@ class GPUSpec:
     def usable_bytes(self) -> int:
         """Memory a CUDA program can allocate (what vLLM multiplies by ``gpu_memory_utilization``)."""
         return self.memory_mib * MIB - DRIVER_RESERVED_BYTES
+
+    def has_memory(self, memory_gib: float) -> bool:
+        """Whether a stated memory size names this product: anything from CUDA's usable GiB (less 1) to the
+        marketing size in decimal GB (plus 1) — an H100 is "80", "79.19" or "85"; an L4 "24" or "22.5"."""
+        return self.usable_bytes / GIB - 1 <= memory_gib <= self.memory_mib * MIB / 1e9 + 1
 
     @property
     def supports_fp8(self) -> bool:
@@ -98,9 +103,18 @@ for _spec in GPU_CATALOG:
         _BY_KEY.setdefault(_key(_alias), _spec)
 
 
-def find_gpu(name: str) -> GPUSpec | None:
-    """The catalog entry for a catalog name, GFD product string or alias (case and punctuation ignored)."""
-    return _BY_KEY.get(_key(name))
+def find_gpu(name: str, memory_gib: float | None = None) -> GPUSpec | None:
+    """The catalog entry for a catalog name, GFD product string or alias (case and punctuation ignored).
+
+    With ``memory_gib`` the entry must also have that nominal memory, and a family name picks the matching
+    product: ``A100`` with 80 GiB is the A100-80GB, with 40 GiB the A100-40GB, with 48 GiB none.
+    """
+    key = _key(name)
+    exact = _BY_KEY.get(key)
+    if memory_gib is None:
+        return exact
+    family = [spec for spec in GPU_CATALOG if _key(spec.name).startswith(key)]
+    return next((s for s in (exact, *family) if s is not None and s.has_memory(memory_gib)), None)
 
 
 def lookup_gpu(name: str, field: str = "gpu_type") -> GPUSpec:

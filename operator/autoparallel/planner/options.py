@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,10 @@ from typing import Any
 from autoparallel.planner.errors import InvalidConfigurationError
 from autoparallel.planner.inference import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, ServingSettings
 from autoparallel.planner.precision import (
-    QUANTIZATIONS,
+    WEIGHT_FORMATS,
+    WeightFormat,
+    assumed_checkpoint,
+    check_quantization,
     checkpoint_format,
     kv_cache_bytes,
     resolve_dtype,
@@ -27,6 +31,7 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "gpu_memory_utilization": 0.90,
     "dtype": None,
     "quantization": None,
+    "weight_format": None,
     "kv_cache_dtype": "auto",
     "workload": "inference",
     "max_num_batched_tokens": DEFAULT_MAX_NUM_BATCHED_TOKENS,
@@ -75,24 +80,27 @@ def parse_options(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidConfigurationError(f"workload: {options['workload']!r} is not one of {', '.join(WORKLOADS)}")
     if options["objective"] not in OBJECTIVES:
         raise InvalidConfigurationError(f"objective: {options['objective']!r} is not one of {', '.join(OBJECTIVES)}")
-    if options["quantization"] is not None and options["quantization"] not in QUANTIZATIONS:
+    if options["quantization"] is not None:
+        check_quantization(options["quantization"])
+    for name in ("quantization", "weight_format"):
+        if options[name] is not None and options["workload"] == "training":
+            raise InvalidConfigurationError(f"{name}: applies to inference; training runs in dtype")
+    if options["quantization"] is not None and options["weight_format"] is not None:
         raise InvalidConfigurationError(
-            f"quantization: {options['quantization']!r} is not one of {', '.join(QUANTIZATIONS)} or None"
+            "quantization, weight_format: give one; quantization quantizes an unquantized checkpoint while vLLM "
+            "loads it, weight_format assumes a checkpoint already stored in that format"
         )
-    if options["quantization"] == "int8" and options["workload"] == "inference":
+    if options["weight_format"] is not None and options["weight_format"] not in WEIGHT_FORMATS:
         raise InvalidConfigurationError(
-            "quantization: vLLM has no load-time int8 quantization; serve an int8 (w8a8) checkpoint, whose "
-            "quantization_config is read automatically, or use fp8"
+            f"weight_format: {options['weight_format']!r} is not one of {', '.join(WEIGHT_FORMATS)} or None"
         )
-    if options["quantization"] is not None and options["workload"] == "training":
-        raise InvalidConfigurationError("quantization: applies to inference; training runs in dtype")
     if options["recompute"] not in RECOMPUTE_MODES:
         raise InvalidConfigurationError(f"recompute: expected one of {', '.join(RECOMPUTE_MODES)}")
     if options["zero_stage"] not in (0, 1, 2, 3):
         raise InvalidConfigurationError(f"zero_stage: expected 0, 1, 2 or 3, got {options['zero_stage']!r}")
     prices = options["prices"] or {}
     if not isinstance(prices, Mapping) or any(
-        isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in prices.values()
+        isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf for v in prices.values()
     ):
         raise InvalidConfigurationError("prices: expected a mapping of GPU name to USD per GPU-hour (≥ 0)")
     return options
@@ -105,16 +113,36 @@ class Context:
     options: dict[str, Any]
 
 
+def _weights(model: ResolvedModel, options: Mapping[str, Any], dtype: str) -> WeightFormat:
+    """The weights vLLM will hold: the checkpoint's format, a load-time quantization of it, or an assumed
+    pre-quantized checkpoint (``weight_format``)."""
+    stored = checkpoint_format(model.quantization_config, dtype)
+    method = options["quantization"]
+    if method is not None:
+        wanted = runtime_quantization(method)
+        if stored is not None and stored.name != wanted.name:
+            raise InvalidConfigurationError(
+                f"quantization: {model.model_id} is already stored as {stored.name} (its quantization_config); "
+                f"vLLM refuses --quantization {method} on it. Drop quantization, or pass weight_format to plan for "
+                "another checkpoint"
+            )
+        return stored or wanted
+    if options["weight_format"] is not None:
+        assumed = assumed_checkpoint(options["weight_format"], dtype)
+        if assumed.experts_only and not model.shape.is_moe:
+            raise InvalidConfigurationError(
+                f"weight_format: mxfp4 checkpoints quantize routed experts only (gpt-oss); {model.model_id} has "
+                "no experts, so pick nvfp4, int4, fp8 or int8"
+            )
+        return assumed
+    return stored or unquantized(dtype)
+
+
 def _serving_settings(model: ResolvedModel, options: Mapping[str, Any], bf16: bool) -> ServingSettings:
     dtype = resolve_dtype(options["dtype"], model.shape.dtype, bf16)
-    stored = checkpoint_format(model.quantization_config, dtype)
-    if options["quantization"] is not None:
-        weights = runtime_quantization(options["quantization"], dtype)
-    else:
-        weights = stored or unquantized(dtype)
     return ServingSettings(
         dtype=dtype,
-        weights=weights,
+        weights=_weights(model, options, dtype),
         kv_cache_bytes_per_element=kv_cache_bytes(options["kv_cache_dtype"], dtype),
         gpu_memory_utilization=float(options["gpu_memory_utilization"]),
         max_num_batched_tokens=options["max_num_batched_tokens"],
@@ -122,11 +150,23 @@ def _serving_settings(model: ResolvedModel, options: Mapping[str, Any], bf16: bo
     )
 
 
-def build_context(model: ModelRef, sequence_length: int, batch_size: int, options: Mapping[str, Any]) -> Context:
+DEFAULT_SEQUENCE_LENGTH = 2048
+"""Sequence length when the caller gives none, capped at the model's positions (gpt2 has 1024)."""
+
+
+def build_context(model: ModelRef, sequence_length: int | None, batch_size: int, options: Mapping[str, Any]) -> Context:
+    """Validate the options, resolve the model and build the search request.
+
+    ``sequence_length`` None means :data:`DEFAULT_SEQUENCE_LENGTH`, or the model's maximum when that is shorter.
+    """
     opts = parse_options({**options, "batch_size": batch_size})
-    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 1:
+    if sequence_length is not None and (
+        isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 1
+    ):
         raise InvalidConfigurationError(f"sequence_length: expected a positive integer, got {sequence_length!r}")
     resolved = resolve_model(model)
+    if sequence_length is None:
+        sequence_length = min(DEFAULT_SEQUENCE_LENGTH, resolved.shape.max_position_embeddings)
     if sequence_length > resolved.shape.max_position_embeddings:
         raise InvalidConfigurationError(
             f"sequence_length: {sequence_length} exceeds the {resolved.shape.max_position_embeddings} positions "

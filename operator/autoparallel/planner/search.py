@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
-from autoparallel.planner.cluster import NodePool
+from autoparallel.planner.cluster import NodePool, pool_price
 from autoparallel.planner.constraints import (
     expert_parallel_problem,
     pipeline_parallel_problem,
@@ -52,7 +53,8 @@ class Plan:
     nodes: int
     """Distinct nodes all replicas occupy."""
     memory: InferenceEstimate | TrainingMemory
-    price_per_gpu_hour: float
+    price_per_gpu_hour: float | None
+    """USD per GPU-hour; None when no price is known for the pool's GPU."""
     replicas_possible: int
     """Replicas of this shape the pool's free GPUs could hold."""
 
@@ -71,7 +73,9 @@ class Plan:
         return self.memory.kv_cache_tokens if isinstance(self.memory, InferenceEstimate) else 0
 
     @property
-    def cost_per_hour(self) -> float:
+    def cost_per_hour(self) -> float | None:
+        if self.price_per_gpu_hour is None:
+            return None
         return self.degrees.total_gpus * self.price_per_gpu_hour
 
 
@@ -211,15 +215,6 @@ def _training_for(request: Request, degrees: Degrees) -> Request:
     return replace(request, training=replace(request.training, num_micro_batches=count))
 
 
-def _price(pool: NodePool, request: Request) -> float:
-    overrides = dict(request.prices)
-    if pool.price_per_gpu_hour is not None:
-        return pool.price_per_gpu_hour
-    if pool.gpu_name in overrides:
-        return overrides[pool.gpu_name]
-    return pool.gpu.price_per_hour_usd if pool.gpu else 0.0
-
-
 def _search_pool(shape: ModelShape, pool: NodePool, request: Request) -> tuple[list[Plan], list[Rejection]]:
     plans: list[Plan] = []
     rejections: list[Rejection] = []
@@ -269,7 +264,7 @@ def _search_pool(shape: ModelShape, pool: NodePool, request: Request) -> tuple[l
                         nodes_per_replica=span,
                         nodes=_nodes_used(pool, degrees.gpus_per_replica, data, span),
                         memory=outcome,
-                        price_per_gpu_hour=_price(pool, request),
+                        price_per_gpu_hour=pool_price(pool, dict(request.prices)),
                         replicas_possible=capacity,
                     )
                 )
@@ -293,9 +288,10 @@ def rank_key(plan: Plan, objective: str) -> tuple[float | int | str, ...]:
     if objective == "balanced":
         # Latency-friendly first (no pipeline bubbles, no replica across nodes), then the fewest GPUs.
         return (plan.nodes_per_replica, d.pipeline, d.total_gpus, *tail)
+    cost = round(plan.cost_per_hour, 6) if plan.cost_per_hour is not None else math.inf  # unknown: last
     if objective == "minimize_cost":
-        return (round(plan.cost_per_hour, 6), d.total_gpus, *tail)
-    return (d.total_gpus, round(plan.cost_per_hour, 6), *tail)
+        return (cost, d.total_gpus, *tail)
+    return (d.total_gpus, cost, *tail)
 
 
 def search(shape: ModelShape, pools: tuple[NodePool, ...], request: Request) -> SearchResult:
