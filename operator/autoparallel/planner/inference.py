@@ -266,11 +266,12 @@ def _cache_bytes(cache: LayerCache, tp: int, settings: ServingSettings, seq: int
 
 
 def _prefix_count(shape: ModelShape, kind: type, windowed: bool = False) -> tuple[int, ...]:
-    per_layer = (
-        sum(isinstance(c, kind) and (not windowed or c.tokens_kept is not None) for c in layer)
-        for layer in shape.caches
-    )
-    return (0, *accumulate(per_layer))
+    def counted(cache: LayerCache) -> bool:
+        if not isinstance(cache, kind):
+            return False
+        return not windowed or (isinstance(cache, AttentionGeometry) and cache.tokens_kept is not None)
+
+    return (0, *accumulate(sum(counted(c) for c in layer) for layer in shape.caches))
 
 
 @lru_cache(maxsize=4096)
