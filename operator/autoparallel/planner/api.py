@@ -10,7 +10,16 @@ from autoparallel.planner.cluster import NodePool, parse_cluster, pool_price
 from autoparallel.planner.commands import ServeOptions, TrainOptions, join, torchrun_args, vllm_serve_args
 from autoparallel.planner.errors import InvalidConfigurationError
 from autoparallel.planner.gpus import GPU_CATALOG
-from autoparallel.planner.inference import VLLM_VERSION, Degrees, InferenceEstimate, estimate_inference
+from autoparallel.planner.inference import (
+    DEFAULT_MAX_NUM_SEQS,
+    KV_BLOCK_SIZE,
+    VLLM_VERSION,
+    Degrees,
+    InferenceEstimate,
+    default_max_num_seqs,
+    estimate_inference,
+    kv_bytes_per_sequence,
+)
 from autoparallel.planner.options import Context, ModelRef, build_context
 from autoparallel.planner.precision import checkpoint_format
 from autoparallel.planner.search import Plan, SearchResult, search
@@ -40,6 +49,20 @@ def _breakdown(plan: Plan) -> dict[str, float]:
     return {**{k: to_gib(v) for k, v in parts.items()}, "total": to_gib(sum(parts.values()))}
 
 
+def max_num_seqs(plan: Plan, ctx: Context) -> tuple[int, int]:
+    """(the ``max_num_seqs`` vLLM runs the plan with, vLLM's own default on the plan's GPU).
+
+    The caller's ``max_num_seqs`` (when it differs from the option's default) or else vLLM 0.19's GPU-dependent
+    default, capped at the sequences the cache can run at once: past the recurrent-state blocks vLLM refuses to
+    start ("max_num_seqs (1024) exceeds available Mamba cache blocks"), past the KV blocks it could never run them.
+    """
+    assert isinstance(plan.memory, InferenceEstimate)
+    default = default_max_num_seqs(plan.pool.gpu_name, plan.pool.gpu_memory_bytes)
+    requested = ctx.options["max_num_seqs"]
+    wanted = default if requested == DEFAULT_MAX_NUM_SEQS else requested
+    return min(wanted, plan.memory.max_num_seqs_limit), default
+
+
 def _command(plan: Plan, ctx: Context) -> str:
     d = plan.degrees
     if ctx.request.workload == "training":
@@ -50,6 +73,7 @@ def _command(plan: Plan, ctx: Context) -> str:
         return join(torchrun_args(d, train, nodes, per_node))
     serving = ctx.request.serving
     assert serving is not None
+    seqs, default_seqs = max_num_seqs(plan, ctx)
     serve = ServeOptions(
         model=ctx.model.model_id,
         max_model_len=ctx.request.sequence_length,
@@ -58,6 +82,7 @@ def _command(plan: Plan, ctx: Context) -> str:
         quantization=ctx.options["quantization"],
         kv_cache_dtype=ctx.options["kv_cache_dtype"],
         max_num_batched_tokens=serving.max_num_batched_tokens,
+        max_num_seqs=None if seqs == default_seqs else seqs,
     )
     return join(vllm_serve_args(d, serve, multi_node=plan.nodes_per_replica > 1))
 
@@ -120,6 +145,8 @@ def _plan_dict(plan: Plan, ctx: Context) -> dict[str, Any]:
         "vllm_version": VLLM_VERSION,
     }
     if isinstance(plan.memory, InferenceEstimate):
+        result["max_num_seqs"] = max_num_seqs(plan, ctx)[0]
+        result["kv_cache_blocks"] = plan.memory.peak_stage.kv_cache_blocks
         result["stages"] = [
             {
                 "stage": s.stage,
@@ -127,6 +154,9 @@ def _plan_dict(plan: Plan, ctx: Context) -> dict[str, Any]:
                 "weights_gb": to_gib(s.weights),
                 "kv_cache_gb": to_gib(max(0, s.kv_cache)),
                 "kv_cache_tokens": s.kv_cache_tokens,
+                "kv_cache_blocks": s.kv_cache_blocks,
+                "block_size": s.layout.block_tokens if s.layout else KV_BLOCK_SIZE,
+                "max_num_seqs_limit": s.running_limit,
             }
             for s in plan.memory.stages
         ]
@@ -210,12 +240,7 @@ def check_memory_requirements(model: ModelRef, sequence_length: int | None = Non
     unlimited = 1 << 50  # an imaginary GPU large enough for any model: only the fixed parts matter
     stage = estimate_inference(shape, Degrees(), replace(serving, gpu_memory_utilization=1.0), unlimited, 1).stages[0]
     fixed = stage.weights + stage.activations + stage.overhead
-    one_sequence = (
-        sum(
-            g.elements_per_token(1) * min(sequence_length, g.sliding_window or sequence_length) for g in shape.attention
-        )
-        * serving.kv_cache_bytes_per_element
-    )
+    one_sequence = kv_bytes_per_sequence(shape, serving, sequence_length)
     minimum = fixed + one_sequence
     recommended = (fixed + batch * one_sequence) / serving.gpu_memory_utilization
     result: dict[str, Any] = {

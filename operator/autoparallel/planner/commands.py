@@ -28,6 +28,9 @@ class ServeOptions:
     port: int = 8000
     revision: str | None = None
     """Model revision (branch, tag or commit); None serves the default branch."""
+    max_num_seqs: int | None = None
+    """``--max-num-seqs`` when vLLM's GPU-dependent default would not fit (or the caller asked for another
+    value); None leaves vLLM's default."""
 
 
 def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -> list[str]:
@@ -59,6 +62,8 @@ def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -
         args += ["--kv-cache-dtype", options.kv_cache_dtype]
     if options.max_num_batched_tokens != DEFAULT_MAX_NUM_BATCHED_TOKENS:
         args += ["--max-num-batched-tokens", str(options.max_num_batched_tokens)]
+    if options.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(options.max_num_seqs)]
     if multi_node:
         args += ["--distributed-executor-backend", "ray"]
     args += ["--port", str(options.port)]

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from itertools import accumulate
 
+from autoparallel.planner.caches import AttentionGeometry, LayerCache, RecurrentState
+from autoparallel.planner.kvpool import KV_BLOCK_SIZE, KVLayout, hybrid_layer_slots, hybrid_layout
 from autoparallel.planner.precision import DTYPE_BYTES, WeightFormat
 from autoparallel.planner.shapes import LayerParams, ModelShape
 from autoparallel.planner.units import GIB, MIB
+
+__all__ = ["KV_BLOCK_SIZE", "hybrid_layer_slots"]
 
 VLLM_VERSION = "0.19.0"
 """The vLLM release whose memory accounting this module reproduces."""
@@ -30,11 +34,21 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 DEFAULT_MAX_NUM_SEQS = 1024
 """vLLM V1's default ``--max-num-seqs`` on H100-class GPUs: the rows of the profiled sampler pass."""
 
+SMALL_GPU_MAX_NUM_SEQS = 256
+LARGE_GPU_BYTES = 70 * GIB
+"""``EngineArgs.get_batch_defaults`` (vLLM 0.19, OpenAI server): ``max_num_seqs`` is 1024 on GPUs of ≥ 70 GiB
+that are not an A100, 256 on the rest (A100, L40S, L4, A10 …)."""
+
+
+def default_max_num_seqs(gpu_name: str, gpu_memory_bytes: int) -> int:
+    """The ``max_num_seqs`` ``vllm serve`` 0.19 picks on this GPU when the flag is not given."""
+    if gpu_memory_bytes >= LARGE_GPU_BYTES and "A100" not in gpu_name.upper():
+        return DEFAULT_MAX_NUM_SEQS
+    return SMALL_GPU_MAX_NUM_SEQS
+
+
 VOCAB_PADDING = 64
 """vLLM's ``VocabParallelEmbedding`` pads the vocabulary to a multiple of 64 before splitting it over TP."""
-
-KV_BLOCK_SIZE = 16
-"""Tokens per KV-cache block (vLLM's default ``--block-size``); capacity is a whole number of blocks."""
 
 FORWARD_HIDDEN_FACTOR = 2
 FORWARD_MLP_FACTOR = 4
@@ -107,8 +121,16 @@ class StageMemory:
     kv_cache: int
     """What vLLM allocates for the KV cache on this GPU (negative: the budget is exceeded)."""
     kv_bytes_per_token: int
+    """Attention KV bytes per token on this GPU (indexer keys included; group padding included when the
+    stage has no state layers)."""
     kv_bytes_per_sequence: int
-    """KV bytes one sequence of the planned length needs on this GPU (sliding-window layers capped)."""
+    """KV bytes one sequence of the planned length needs on this GPU (sliding-window layers capped, recurrent
+    states added)."""
+    concurrent_sequences: int
+    """Sequences of the planned length this GPU's cache holds at once."""
+    layout: KVLayout | None = None
+    """The page/block layout when the stage has recurrent-state layers; None for attention-only stages,
+    whose capacity is counted per token."""
 
     @property
     def overhead(self) -> int:
@@ -120,10 +142,28 @@ class StageMemory:
 
     @property
     def kv_cache_tokens(self) -> int:
+        if self.layout is not None:
+            return self.layout.tokens(self.kv_cache)
         if self.kv_cache <= 0 or self.kv_bytes_per_token == 0:
             return 0
         blocks = self.kv_cache // (self.kv_bytes_per_token * KV_BLOCK_SIZE)
         return blocks * KV_BLOCK_SIZE
+
+    @property
+    def kv_cache_blocks(self) -> int:
+        """Blocks of vLLM's pool on this GPU (for a stage with state layers, each holds one sequence's state
+        in a state group)."""
+        if self.layout is not None:
+            return self.layout.num_blocks(self.kv_cache)
+        return self.kv_cache_tokens // KV_BLOCK_SIZE
+
+    @property
+    def running_limit(self) -> int:
+        """Sequences that can run at once at all (one block each in every group): the largest
+        ``max_num_seqs`` that fits."""
+        if self.layout is not None:
+            return self.layout.running_limit(self.kv_cache)
+        return self.kv_cache_blocks
 
 
 @dataclass(frozen=True)
@@ -148,7 +188,12 @@ class InferenceEstimate:
     @cached_property
     def max_concurrent_sequences(self) -> int:
         """Whole sequences of the planned length the replica's KV cache holds at once."""
-        return min(max(0, s.kv_cache) // s.kv_bytes_per_sequence if s.kv_bytes_per_sequence else 0 for s in self.stages)
+        return min(s.concurrent_sequences for s in self.stages)
+
+    @cached_property
+    def max_num_seqs_limit(self) -> int:
+        """The largest ``--max-num-seqs`` every stage can hold (vLLM refuses to start past the state blocks)."""
+        return min(s.running_limit for s in self.stages)
 
 
 def pipeline_partition(num_layers: int, pipeline: int) -> list[int]:
@@ -198,41 +243,50 @@ class _LayerTables:
 
     weights: tuple[float, ...]
     kv_per_token: tuple[int, ...]
+    """Attention KV bytes per token."""
     kv_per_sequence: tuple[int, ...]
-    sliding: tuple[int, ...]
-    """Prefix count of sliding-window layers."""
+    """KV bytes of one sequence of the planned length (windows capped, recurrent states included)."""
+    attention: tuple[int, ...]
+    """Prefix count of attention caches."""
+    windowed: tuple[int, ...]
+    """Prefix count of attention caches that keep a bounded window (sliding or chunked-local)."""
+    states: tuple[int, ...]
+    """Prefix count of recurrent-state caches."""
 
     def span(self, table: tuple[float, ...] | tuple[int, ...], first: int, count: int) -> float:
         return table[first + count] - table[first]
+
+
+def _cache_bytes(cache: LayerCache, tp: int, settings: ServingSettings, seq: int) -> tuple[int, int]:
+    """(bytes per token, bytes per sequence of ``seq`` tokens) of one cache on one TP rank."""
+    if isinstance(cache, RecurrentState):
+        return 0, cache.bytes_per_sequence(tp, settings.dtype)
+    per_token = cache.bytes_per_token(tp, settings.kv_cache_bytes_per_element)
+    return per_token, per_token * min(seq, cache.tokens_kept or seq)
+
+
+def _prefix_count(shape: ModelShape, kind: type, windowed: bool = False) -> tuple[int, ...]:
+    def counted(cache: LayerCache) -> bool:
+        if not isinstance(cache, kind):
+            return False
+        return not windowed or (isinstance(cache, AttentionGeometry) and cache.tokens_kept is not None)
+
+    return (0, *accumulate(sum(counted(c) for c in layer) for layer in shape.caches))
 
 
 @lru_cache(maxsize=4096)
 def _layer_tables(shape: ModelShape, tp: int, ep: int, settings: ServingSettings, seq: int) -> _LayerTables:
     degrees = Degrees(tp, 1, ep)
     weights = [_layer_bytes(layer, shape, degrees, settings) for layer in shape.layers]
-    per_token = [g.elements_per_token(tp) for g in shape.attention]
-    per_sequence = [e * min(seq, g.sliding_window or seq) for e, g in zip(per_token, shape.attention, strict=True)]
+    sizes = [[_cache_bytes(c, tp, settings, seq) for c in layer] for layer in shape.caches]
     return _LayerTables(
         weights=(0.0, *accumulate(weights)),
-        kv_per_token=(0, *accumulate(per_token)),
-        kv_per_sequence=(0, *accumulate(per_sequence)),
-        sliding=(0, *accumulate(int(g.sliding_window is not None) for g in shape.attention)),
+        kv_per_token=(0, *accumulate(sum(t for t, _ in layer) for layer in sizes)),
+        kv_per_sequence=(0, *accumulate(sum(q for _, q in layer) for layer in sizes)),
+        attention=_prefix_count(shape, AttentionGeometry),
+        windowed=_prefix_count(shape, AttentionGeometry, windowed=True),
+        states=_prefix_count(shape, RecurrentState),
     )
-
-
-def hybrid_layer_slots(full_layers: int, sliding_layers: int) -> int:
-    """Layers' worth of KV page space per token when full and sliding-window layers share one pool.
-
-    vLLM's hybrid KV-cache manager (``_get_kv_cache_groups_uniform_page_size``) cuts each attention type
-    into groups of equal size — the smaller type's layer count, or the larger's when it is < 1.25× the
-    smaller — padding the last group of a type. Capacity is then counted over groups × group size:
-    gemma-3-27b (10 full + 52 sliding) pays for 70 layers, gemma-2 (21 + 21) for 42.
-    """
-    if not full_layers or not sliding_layers:
-        return full_layers + sliding_layers
-    smallest, largest = sorted((full_layers, sliding_layers))
-    group = largest if largest < smallest * 1.25 else smallest
-    return (-(-full_layers // group) + -(-sliding_layers // group)) * group
 
 
 def _stage_weights(
@@ -289,15 +343,24 @@ def estimate_inference(
     stages = []
     first = 0
     for stage, count in enumerate(pipeline_partition(shape.num_layers, degrees.pipeline)):
-        per_token = int(tables.span(tables.kv_per_token, first, count))
-        sliding = int(tables.span(tables.sliding, first, count))
-        if 0 < sliding < count:  # hybrid model: pages are counted over padded layer groups
-            per_token = per_token * hybrid_layer_slots(count - sliding, sliding) // count
-        per_sequence = int(tables.span(tables.kv_per_sequence, first, count))
         weights = _stage_weights(shape, degrees, settings, tables, stage, first, count)
         activations = _stage_activations(shape, degrees, settings, last=stage == degrees.pipeline - 1)
         non_torch = _non_torch(degrees)
         graphs = CUDA_GRAPH_BASE + CUDA_GRAPH_PER_LAYER * count + (CUDA_GRAPH_MOE_EXTRA if shape.is_moe else 0)
+        kv_cache = budget - weights - activations - non_torch
+        per_token = int(tables.span(tables.kv_per_token, first, count))
+        per_sequence = int(tables.span(tables.kv_per_sequence, first, count))
+        layout = None
+        if tables.span(tables.states, first, count):
+            caches = [c for layer in shape.caches[first : first + count] for c in layer]
+            layout = hybrid_layout(caches, degrees.tensor, settings.dtype, settings.kv_cache_bytes_per_element)
+            sequences = layout.sequences(kv_cache, sequence_length)
+        else:
+            attention = int(tables.span(tables.attention, first, count))
+            windowed = int(tables.span(tables.windowed, first, count))
+            if 0 < windowed < attention:  # full and windowed layers: pages are counted over padded layer groups
+                per_token = per_token * hybrid_layer_slots(attention - windowed, windowed) // attention
+            sequences = max(0, kv_cache) // per_sequence if per_sequence else 0
         stages.append(
             StageMemory(
                 stage=stage,
@@ -307,10 +370,17 @@ def estimate_inference(
                 activations=activations,
                 non_torch=non_torch,
                 cuda_graphs=graphs,
-                kv_cache=budget - weights - activations - non_torch,
-                kv_bytes_per_token=per_token * settings.kv_cache_bytes_per_element,
-                kv_bytes_per_sequence=per_sequence * settings.kv_cache_bytes_per_element,
+                kv_cache=kv_cache,
+                kv_bytes_per_token=per_token,
+                kv_bytes_per_sequence=per_sequence,
+                concurrent_sequences=sequences,
+                layout=layout,
             )
         )
         first += count
     return InferenceEstimate(tuple(stages), gpu_memory_bytes, budget)
+
+
+def kv_bytes_per_sequence(shape: ModelShape, settings: ServingSettings, sequence_length: int, tp: int = 1) -> int:
+    """KV and state bytes one sequence of ``sequence_length`` needs over all layers on one TP rank."""
+    return int(_layer_tables(shape, tp, 1, settings, sequence_length).kv_per_sequence[-1])

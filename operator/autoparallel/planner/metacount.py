@@ -13,8 +13,10 @@ from autoparallel.planner.errors import InvalidConfigurationError
 from autoparallel.planner.shapes import LayerParams, ModelShape, shape_from_layers
 
 _LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
-_EMBEDDING = re.compile(r"(embed_tokens|wte|wpe|word_embeddings|embed_positions)\.")
+_EMBEDDING = re.compile(r"(embed_tokens|wte|wpe|word_embeddings|embed_positions|model\.embeddings)\.")
 _KV = re.compile(r"\.(k_proj|v_proj)\.")
+_VISION = ("vision", "visual")
+"""Names of vision-tower parameters (``vision_tower``, Qwen's ``visual``): outside the decoder stack."""
 
 
 def build_meta_model(config: Any) -> Any:
@@ -64,13 +66,14 @@ def meta_shape(config: Any) -> ModelShape:
     for name, param in model.named_parameters():
         numel = int(param.numel())
         match = _LAYER_INDEX.search("." + name)
-        if match and "vision" not in name and int(match.group(1)) < num_layers:
+        vision = any(word in name for word in _VISION)
+        if match and not vision and int(match.group(1)) < num_layers:
             per_layer[int(match.group(1))].append(_classify(name, numel, param.dim()))
-        elif _EMBEDDING.search(name) and "vision" not in name:
+        elif _EMBEDDING.search(name) and not vision:
             embedding += numel
         elif name.startswith("lm_head"):
             lm_head += numel
-        elif "norm" in name and "vision" not in name and "multi_modal" not in name:
+        elif "norm" in name and not vision and "multi_modal" not in name:
             final += numel
         else:
             extra += numel

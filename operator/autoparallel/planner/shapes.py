@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from autoparallel.planner.caches import AttentionGeometry, LayerCache, RecurrentState, layer_caches
 from autoparallel.planner.errors import InvalidConfigurationError
+
+__all__ = ["AttentionGeometry", "LayerCache", "LayerParams", "ModelShape", "RecurrentState"]
 
 
 @dataclass(frozen=True)
@@ -35,26 +38,6 @@ class LayerParams:
         return self.sharded + self.kv + self.replicated_linear + self.small + self.experts
 
 
-@dataclass(frozen=True)
-class AttentionGeometry:
-    """What one layer stores in the KV cache per token."""
-
-    kv_heads: int
-    """KV heads (0 for MLA, which stores one latent per token)."""
-    head_dim: int
-    """Dimension of a K or V head."""
-    latent_dim: int = 0
-    """MLA: kv_lora_rank + qk_rope_head_dim elements per token, replicated on every TP rank."""
-    sliding_window: int | None = None
-    """Tokens a sliding-window layer keeps; None for full attention."""
-
-    def elements_per_token(self, tp: int) -> int:
-        """KV-cache elements one TP rank stores per token for this layer."""
-        if self.latent_dim:
-            return self.latent_dim
-        return 2 * max(1, self.kv_heads // tp) * self.head_dim
-
-
 @dataclass(frozen=True, eq=False)
 class ModelShape:
     """Everything the planner knows about a model's size and structure.
@@ -73,7 +56,8 @@ class ModelShape:
     """Dense MLP width (the widest per-token MLP activation, for MoE the routed+shared width)."""
     max_position_embeddings: int
     layers: tuple[LayerParams, ...]
-    attention: tuple[AttentionGeometry, ...]
+    caches: tuple[tuple[LayerCache, ...], ...]
+    """Per decoder layer, the caches it holds (see :mod:`autoparallel.planner.caches`)."""
     embedding_params: int
     """Token (and learned position) embeddings, held by the first pipeline stage."""
     lm_head_params: int
@@ -102,6 +86,11 @@ class ModelShape:
         )
 
     @property
+    def has_recurrent_state(self) -> bool:
+        """Whether some layer keeps a fixed per-sequence state (linear attention, Mamba, short conv)."""
+        return any(isinstance(cache, RecurrentState) for layer in self.caches for cache in layer)
+
+    @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
 
@@ -126,17 +115,6 @@ def _get(config: Any, *names: str, default: Any = None) -> Any:
 def _gated_mlp(hidden: int, inner: int, bias: bool = False) -> int:
     """gate, up and down projections of a SwiGLU/GeGLU MLP."""
     return 3 * hidden * inner + (2 * inner + hidden if bias else 0)
-
-
-def _layer_windows(config: Any, num_layers: int) -> tuple[int | None, ...]:
-    """Per-layer sliding window, from ``layer_types`` where the config has them, else the global window."""
-    window = _get(config, "sliding_window")
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types:
-        return tuple(window if kind == "sliding_attention" else None for kind in layer_types[:num_layers])
-    if window and getattr(config, "use_sliding_window", True):
-        return (int(window),) * num_layers
-    return (None,) * num_layers
 
 
 @dataclass(frozen=True)
@@ -332,24 +310,24 @@ _FAMILIES: dict[str, Callable[[Any], tuple[list[LayerParams], dict[str, int]]]] 
 ANALYTIC_MODEL_TYPES = frozenset(_FAMILIES)
 
 
+def _is_mla(config: Any) -> bool:
+    """Multi-head latent attention (DeepSeek-V2/V3/V3.2, Kimi): the config names a KV LoRA rank."""
+    return _get(config, "kv_lora_rank") is not None
+
+
 def _rotary_dim(config: Any, head_dim: int) -> int:
     if config.model_type in ("gpt2",):
         return 0
-    if config.model_type in ("deepseek_v2", "deepseek_v3"):
+    if _is_mla(config):
         return int(config.qk_rope_head_dim)
     factor = _get(config, "partial_rotary_factor", default=1.0)
     return int(head_dim * float(factor))
 
 
-def _attention_geometry(config: Any, c: _Common) -> tuple[AttentionGeometry, ...]:
-    windows = _layer_windows(config, c.layers)
-    if config.model_type in ("deepseek_v2", "deepseek_v3"):
-        latent = int(config.kv_lora_rank) + int(config.qk_rope_head_dim)
-        return tuple(AttentionGeometry(0, 0, latent, w) for w in windows)
-    kv_heads = c.kv_heads
+def _kv_heads(config: Any, c: _Common) -> int:
     if config.model_type == "falcon" and not getattr(config, "new_decoder_architecture", False):
-        kv_heads = 1 if getattr(config, "multi_query", True) else c.heads
-    return tuple(AttentionGeometry(kv_heads, c.head_dim, 0, w) for w in windows)
+        return 1 if getattr(config, "multi_query", True) else c.heads
+    return c.kv_heads
 
 
 def checkpoint_dtype(config: Any) -> str:
@@ -386,7 +364,7 @@ def shape_from_layers(
         intermediate_size=widest_mlp,
         max_position_embeddings=int(_get(config, "max_position_embeddings", "n_positions", default=2048)),
         layers=tuple(layers),
-        attention=_attention_geometry(config, c),
+        caches=layer_caches(config, c.layers, _kv_heads(config, c), c.head_dim),
         embedding_params=embedding,
         lm_head_params=lm_head,
         final_norm_params=final_norm,
@@ -396,7 +374,7 @@ def shape_from_layers(
         moe_intermediate_size=moe_inner,
         rotary_dim=_rotary_dim(config, c.head_dim),
         dtype=checkpoint_dtype(config),
-        is_mla=config.model_type in ("deepseek_v2", "deepseek_v3"),
+        is_mla=_is_mla(config),
     )
 
 
