@@ -64,6 +64,9 @@ def _broadcasts(
         own = isinstance(state, FromParameters) and {n.rpartition(".")[0] for n in state.names} == origins
         if own and all(s.whole for s in split):
             continue
+        if aligned >= len(shape):  # the split dimension lies outside this operand: nothing to check it against
+            walk.breaks(split, node, f"the split dimension {dim} is not a dimension of an operand of shape {shape}")
+            continue
         broadcast = aligned < 0 or shape[aligned] == 1 or (isinstance(state, Expanded) and aligned in state.dims)
         if broadcast and isinstance(state, FromParameters):
             walk.group(split[0].group).summed |= state.names
@@ -113,8 +116,10 @@ def _reshape(walk: Walk, node: fx.Node, arguments: dict[str, Any]) -> Any:
             return replace(state, dim=after_reduction(state.dim, frozenset(gone), keepdim=False))
     moved = walk.reshaped(state, node, shape_of(source))
     if moved is None:
+        # The group is refused here; the merged value has no split dimension left to follow (its old one may not
+        # even exist any more: Gated DeltaNet flattens (batch, tokens, heads, dim) to (batch × tokens × heads, dim)).
         walk.breaks([state], node, "the reshape merges the split dimension under another dimension")
-        return state
+        return None
     return moved
 
 
