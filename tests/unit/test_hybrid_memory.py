@@ -157,8 +157,52 @@ def test_max_num_seqs_caps_every_model_not_only_hybrids() -> None:
         ("deepseek-ai/DeepSeek-V3.2", 671_877_929_216),
         ("openai/gpt-oss-120b", 116_829_156_672),
         ("zai-org/GLM-4.5", 352_797_814_784),
+        ("moonshotai/Kimi-K2-Instruct", 1_026_408_209_408),
+        ("google/gemma-4-26B-A4B", 25_805_933_872),  # vision tower (572,792,112) included, as transformers builds it
     ],
 )
 def test_new_catalog_entries_count_what_transformers_counts(model_id: str, count: int) -> None:
     """Counts of transformers 5.24 on the meta device (the catalog-wide meta comparison re-checks them)."""
     assert resolve_model(model_id).shape.parameter_count == count
+
+
+def test_gemma4_sliding_and_global_layers_keep_their_own_attention_geometry() -> None:
+    shape = resolve_model("google/gemma-4-26B-A4B").shape
+    sliding = AttentionGeometry(kv_heads=8, head_dim=256, sliding_window=1024)
+    full = AttentionGeometry(kv_heads=2, head_dim=512)  # global_head_dim, num_global_key_value_heads
+    assert shape.caches == tuple((full,) if (i + 1) % 6 == 0 else (sliding,) for i in range(30))
+    assert shape.kv_head_counts == (2, 8)
+    assert (shape.experts_per_token, shape.num_experts) == (8, 128)  # top_k_experts
+    # Language model: 25.2 B of which 3.8 B active (model card); the vision tower's 0.57 B on top.
+    assert round((shape.parameter_count - shape.extra_params) / 1e9, 1) == 25.2
+    assert round((shape.active_parameter_count - shape.extra_params) / 1e9, 1) == 3.8
+    # One sequence of 4096: 25 sliding layers keep 1024 tokens × 2×8×256, 5 global ones 4096 × 2×2×512 (bf16).
+    one = autoparallel.check_memory_requirements("google/gemma-4-26B-A4B", sequence_length=4096, batch_size=1)
+    assert one["kv_cache_gb_per_sequence"] == round((25 * 1024 * 8192 + 5 * 4096 * 4096) / GIB, 4)
+
+
+def test_gemma4_pages_are_as_wide_as_its_sliding_layers() -> None:
+    """vLLM gives every layer the widest page (a global layer's block holds 32 tokens): the token capacity it
+    reports is blocks // groups × 16 over 5 sliding groups and 1 global group of 5 layers."""
+    shape = resolve_model("google/gemma-4-26B-A4B").shape
+    stage = estimate_inference(shape, Degrees(), BF16, H100, 4096).stages[0]
+    page = 16 * 8192
+    assert stage.kv_bytes_per_token == 30 * 8192
+    assert stage.kv_cache_tokens == stage.kv_cache // (page * 5) // 6 * 16
+
+
+def test_gemma4_tensor_parallel_sizes_respect_both_kv_head_counts() -> None:
+    from autoparallel.planner.constraints import tensor_parallel_problem
+
+    shape = resolve_model("google/gemma-4-26B-A4B").shape
+    assert tensor_parallel_problem(shape, 4) is None
+    assert tensor_parallel_problem(shape, 16) is None  # 16 heads; 8 and 2 KV heads each divide 16
+    plan = autoparallel.analyze("google/gemma-4-26B-A4B", H100_CLUSTER)[0]
+    assert plan["tensor_parallel"] == 1 and plan["kv_cache_tokens"] > 0
+
+
+def test_kimi_k2_is_in_the_catalog_as_deepseek_v3() -> None:
+    kimi = resolve_model("moonshotai/Kimi-K2-Instruct")
+    assert kimi.config.model_type == "deepseek_v3"
+    assert kimi.shape.is_mla and kimi.shape.caches[0] == (AttentionGeometry(kv_heads=0, head_dim=0, latent_dim=576),)
+    assert round(kimi.shape.active_parameter_count / 1e9) == 33  # "32B activated" (model card), embeddings included

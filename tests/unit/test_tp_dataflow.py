@@ -86,6 +86,8 @@ PARALLELIZABLE_BEFORE = {
     "zai-org/GLM-4.5": 99.958,
     "Qwen/Qwen3.5-35B-A3B": 98.484,
     "Qwen/Qwen3.6-27B": 79.405,
+    "google/gemma-4-26B-A4B": 99.347,
+    "moonshotai/Kimi-K2-Instruct": 99.619,
 }
 """``parallelizable_percentage`` of every catalog model (rounded to 0.001) from the module-structure analysis
 this one replaced, recorded with ``tp-analyze`` before the change."""
@@ -235,6 +237,12 @@ def test_a_split_flattened_under_the_tokens_is_refused_with_a_reason() -> None:
     assert report.traced
     assert not report.layer("z").paired
     assert "the reshape merges the split dimension under another dimension" in report.layer("z").reason
+
+
+def test_gemma4_traces_from_its_token_embedding_past_the_vision_tower() -> None:
+    report = analyze_tp(build_meta_model(resolve_model("google/gemma-4-26B-A4B").config))
+    assert report.traced, report.pairing
+    assert report.layer("model.language_model.layers.5.self_attn.q_proj").reason.startswith("enters pair")
 
 
 def test_olmo2_meta_model_keeps_its_mlp_pairs() -> None:

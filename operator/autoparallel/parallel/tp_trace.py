@@ -58,9 +58,21 @@ class _TensorOutputs(nn.Module):
         return tuple(leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor))
 
 
+def _input_embedding(model: nn.Module) -> nn.Embedding | None:
+    getter = getattr(model, "get_input_embeddings", None)
+    try:
+        embedding = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        return None
+    return embedding if isinstance(embedding, nn.Embedding) else None
+
+
 def example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
-    """Inputs to trace ``model`` with, guessed from its first parameter-owning layer (None: no guess)."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Embedding | nn.Linear)), None)
+    """Inputs to trace ``model`` with, guessed from its input embedding (transformers' ``get_input_embeddings``:
+    a multimodal model's vision tower may come first) or else its first parameter-owning layer (None: no guess)."""
+    first = _input_embedding(model) or next(
+        (m for m in model.modules() if isinstance(m, nn.Embedding | nn.Linear)), None
+    )
     if first is None:
         return None
     device = first.weight.device

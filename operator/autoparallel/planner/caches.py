@@ -14,6 +14,7 @@ and Mamba-2 side by side). The memory code never asks which model family it has;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,14 +285,18 @@ def _attention(config: Any, kind: str, kv_heads: int, head_dim: int) -> Attentio
     )
 
 
-def layer_caches(config: Any, num_layers: int, kv_heads: int, head_dim: int) -> tuple[tuple[LayerCache, ...], ...]:
-    """The caches of every decoder layer (the per-layer cache-spec table)."""
+def layer_caches(config: Any, dims: Sequence[tuple[int, int]]) -> tuple[tuple[LayerCache, ...], ...]:
+    """The caches of every decoder layer (the per-layer cache-spec table).
+
+    ``dims`` holds each layer's (KV heads, head dim): one value for most models, per layer where the config sets
+    them per layer (gemma-4's global layers have fewer, wider KV heads than its sliding ones).
+    """
     state = recurrent_state(config)
-    kinds = layer_types(config, num_layers)
+    kinds = layer_types(config, len(dims))
     # A config with SSM keys but no state layers in its layer list (Falcon-H1) runs both mixers in every layer.
     parallel_hybrid = state is not None and not _STATE_TYPES & set(kinds)
     caches: list[tuple[LayerCache, ...]] = []
-    for kind in kinds:
+    for kind, (kv_heads, head_dim) in zip(kinds, dims, strict=False):
         if kind in _NO_CACHE_TYPES:
             caches.append(())
         elif kind in _STATE_TYPES and state is not None:

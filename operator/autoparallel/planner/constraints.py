@@ -10,9 +10,9 @@ def tensor_parallel_problem(shape: ModelShape, tp: int) -> str | None:
     width divides evenly (vocabulary rows are padded, so the vocabulary never blocks a TP size)."""
     if shape.num_heads % tp:
         return f"TP={tp}: {shape.num_heads} attention heads are not divisible by TP={tp}"
-    kv = shape.num_kv_heads
-    if not shape.is_mla and kv % tp and tp % kv:
-        return f"TP={tp}: {kv} KV heads are not divisible by TP={tp} and TP={tp} is not a multiple of {kv}"
+    for kv in () if shape.is_mla else shape.kv_head_counts:
+        if kv % tp and tp % kv:
+            return f"TP={tp}: {kv} KV heads are not divisible by TP={tp} and TP={tp} is not a multiple of {kv}"
     dense_widths = {layer.sharded for layer in shape.layers if layer.sharded}
     if shape.moe_intermediate_size and shape.moe_intermediate_size % tp:
         return f"TP={tp}: expert MLP width {shape.moe_intermediate_size} is not divisible by TP={tp}"

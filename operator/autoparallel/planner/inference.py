@@ -224,9 +224,9 @@ def _expert_padding(shape: ModelShape, d: Degrees, s: ServingSettings) -> float:
     )
 
 
-def _layer_bytes(layer: LayerParams, shape: ModelShape, d: Degrees, s: ServingSettings) -> float:
+def _layer_bytes(layer: LayerParams, kv_heads: int, shape: ModelShape, d: Degrees, s: ServingSettings) -> float:
     linear = s.weights if not s.weights.experts_only else WeightFormat(s.dtype, DTYPE_BYTES[s.dtype] * 8)
-    kv_share = max(1, shape.num_kv_heads // d.tensor) / shape.num_kv_heads if shape.num_kv_heads else 0
+    kv_share = max(1, kv_heads // d.tensor) / kv_heads if kv_heads else 0
     expert_share = 1 / d.expert if d.expert > 1 else 1 / d.tensor
     return (
         linear.bytes_for(layer.sharded // d.tensor)
@@ -244,6 +244,8 @@ class _LayerTables:
     weights: tuple[float, ...]
     kv_per_token: tuple[int, ...]
     """Attention KV bytes per token."""
+    layer_token_bytes: tuple[int, ...]
+    """Per layer (not a prefix sum), the KV bytes per token of its widest attention cache."""
     kv_per_sequence: tuple[int, ...]
     """KV bytes of one sequence of the planned length (windows capped, recurrent states included)."""
     attention: tuple[int, ...]
@@ -277,11 +279,14 @@ def _prefix_count(shape: ModelShape, kind: type, windowed: bool = False) -> tupl
 @lru_cache(maxsize=4096)
 def _layer_tables(shape: ModelShape, tp: int, ep: int, settings: ServingSettings, seq: int) -> _LayerTables:
     degrees = Degrees(tp, 1, ep)
-    weights = [_layer_bytes(layer, shape, degrees, settings) for layer in shape.layers]
+    weights = [
+        _layer_bytes(layer, shape.layer_kv_heads(i), shape, degrees, settings) for i, layer in enumerate(shape.layers)
+    ]
     sizes = [[_cache_bytes(c, tp, settings, seq) for c in layer] for layer in shape.caches]
     return _LayerTables(
         weights=(0.0, *accumulate(weights)),
         kv_per_token=(0, *accumulate(sum(t for t, _ in layer) for layer in sizes)),
+        layer_token_bytes=tuple(max((t for t, _ in layer), default=0) for layer in sizes),
         kv_per_sequence=(0, *accumulate(sum(q for _, q in layer) for layer in sizes)),
         attention=_prefix_count(shape, AttentionGeometry),
         windowed=_prefix_count(shape, AttentionGeometry, windowed=True),
@@ -358,8 +363,11 @@ def estimate_inference(
         else:
             attention = int(tables.span(tables.attention, first, count))
             windowed = int(tables.span(tables.windowed, first, count))
-            if 0 < windowed < attention:  # full and windowed layers: pages are counted over padded layer groups
-                per_token = per_token * hybrid_layer_slots(attention - windowed, windowed) // attention
+            if 0 < windowed < attention:
+                # Full and windowed layers: pages are counted over padded layer groups, every page as large as the
+                # widest layer's (vLLM gives layers of narrower pages more tokens per block: gemma-4's global layers).
+                widest = max(tables.layer_token_bytes[first : first + count])
+                per_token = hybrid_layer_slots(attention - windowed, windowed) * widest
             sequences = max(0, kv_cache) // per_sequence if per_sequence else 0
         stages.append(
             StageMemory(

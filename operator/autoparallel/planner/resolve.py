@@ -231,12 +231,12 @@ def _shape(config: Any, source: str) -> ModelShape:
                 return shape
         return meta_shape(config)
     except AmbiguousGlobalPerLayerAttributeError as error:
-        # transformers marks attributes that vary per layer (gemma-4: KV heads and head size of its sliding and
-        # global layers); the planner's shapes hold one attention geometry per model family rule.
+        # transformers marks attributes that vary per layer. KV heads and head size (gemma-4's sliding and global
+        # layers) are read per layer into the cache table; any other such attribute is not modelled.
         field = str(error).split("'")[1] if "'" in str(error) else "per-layer attributes"
         raise InvalidConfigurationError(
             f"{source}: config field {field} differs between layers of this {config.model_type} model, which the "
-            "planner does not model (it keeps one attention geometry per layer kind); pass an inline config whose "
+            "planner does not model (only KV heads and head size may vary per layer); pass an inline config whose "
             "layers agree, or plan another model"
         ) from error
     except (ValueError, TypeError, ZeroDivisionError) as error:

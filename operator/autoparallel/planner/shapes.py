@@ -51,6 +51,7 @@ class ModelShape:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    """KV heads and head dim (of the first layer where they vary per layer; :attr:`caches` holds every layer's)."""
     vocab_size: int
     intermediate_size: int
     """Dense MLP width (the widest per-token MLP activation, for MoE the routed+shared width)."""
@@ -89,6 +90,19 @@ class ModelShape:
     def has_recurrent_state(self) -> bool:
         """Whether some layer keeps a fixed per-sequence state (linear attention, Mamba, short conv)."""
         return any(isinstance(cache, RecurrentState) for layer in self.caches for cache in layer)
+
+    def layer_kv_heads(self, index: int) -> int:
+        """KV heads of decoder layer ``index`` (``num_kv_heads`` unless its attention says otherwise)."""
+        for cache in self.caches[index] if index < len(self.caches) else ():
+            if isinstance(cache, AttentionGeometry) and cache.kv_heads:
+                return cache.kv_heads
+        return self.num_kv_heads
+
+    @property
+    def kv_head_counts(self) -> tuple[int, ...]:
+        """The distinct KV-head counts of the attention layers (several where layers differ: gemma-4)."""
+        counts = {c.kv_heads for layer in self.caches for c in layer if isinstance(c, AttentionGeometry) and c.kv_heads}
+        return tuple(sorted(counts)) or (self.num_kv_heads,)
 
     @property
     def is_moe(self) -> bool:
@@ -129,15 +143,47 @@ class _Common:
     tied: bool
 
 
+def per_layer_configs(config: Any) -> list[Any] | None:
+    """transformers' per-layer views of a config whose attention geometry varies by layer, else None.
+
+    transformers 5 marks such attributes per layer (gemma-4: its global layers have 2 KV heads of 512, its
+    sliding layers 8 of 256) and raises ``AmbiguousGlobalPerLayerAttributeError`` when they are read globally.
+    """
+    from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
+
+    try:
+        _get(config, "num_key_value_heads", "head_dim")
+        _get(config, "head_dim")
+    except AmbiguousGlobalPerLayerAttributeError:
+        return list(config.per_layer_config)
+    return None
+
+
+def _attention_dims(config: Any, c: _Common) -> tuple[tuple[int, int], ...]:
+    """Each decoder layer's (KV heads, head dim)."""
+    layers = per_layer_configs(config)
+    if layers is None:
+        return ((_kv_heads(config, c), c.head_dim),) * c.layers
+    return tuple(
+        (
+            int(_get(layer, "num_key_value_heads", default=c.heads)),
+            int(_get(layer, "head_dim", default=c.hidden // c.heads)),
+        )
+        for layer in layers[: c.layers]
+    )
+
+
 def _common(config: Any) -> _Common:
     hidden = int(_get(config, "hidden_size", "n_embd", "d_model"))
     heads = int(_get(config, "num_attention_heads", "n_head"))
+    layers = per_layer_configs(config)
+    first = layers[0] if layers else config  # per-layer geometry: the shape's scalars are the first layer's
     return _Common(
         hidden=hidden,
         layers=int(_get(config, "num_hidden_layers", "n_layer")),
         heads=heads,
-        kv_heads=int(_get(config, "num_key_value_heads", "num_kv_heads", default=heads)),
-        head_dim=int(_get(config, "head_dim", default=hidden // heads)),
+        kv_heads=int(_get(first, "num_key_value_heads", "num_kv_heads", default=heads)),
+        head_dim=int(_get(first, "head_dim", default=hidden // heads)),
         vocab=int(config.vocab_size),
         inner=int(_get(config, "intermediate_size", "n_inner", "ffn_hidden_size", default=4 * hidden)),
         tied=bool(getattr(config, "tie_word_embeddings", False)),
@@ -315,13 +361,23 @@ def _is_mla(config: Any) -> bool:
     return _get(config, "kv_lora_rank") is not None
 
 
-def _rotary_dim(config: Any, head_dim: int) -> int:
+def _rotary_dim(config: Any, dims: tuple[tuple[int, int], ...]) -> int:
+    """Width of the rotary cos/sin caches: one per distinct rotary embedding (gemma-4 has one for its sliding
+    layers and a partial one for its global layers, each ``rope_parameters[layer type]``)."""
     if config.model_type in ("gpt2",):
         return 0
     if _is_mla(config):
         return int(config.qk_rope_head_dim)
-    factor = _get(config, "partial_rotary_factor", default=1.0)
-    return int(head_dim * float(factor))
+    factor = float(_get(config, "partial_rotary_factor", default=1.0))
+    by_type = getattr(config, "rope_parameters", None)
+    kinds = getattr(config, "layer_types", None)
+    if isinstance(by_type, dict) and kinds and all(isinstance(v, dict) for v in by_type.values()):
+        widths = {
+            (kind, int(head_dim * float(by_type.get(kind, {}).get("partial_rotary_factor", factor))))
+            for kind, (_, head_dim) in zip(kinds, dims, strict=False)
+        }
+        return sum(width for _, width in widths)
+    return int(dims[0][1] * factor) if dims else 0
 
 
 def _kv_heads(config: Any, c: _Common) -> int:
@@ -347,12 +403,13 @@ def shape_from_layers(
     """Assemble a :class:`ModelShape` from a per-layer layout (analytic or counted on the meta device)."""
     c = _common(config)
     num_experts = int(_get(config, "num_local_experts", "num_experts", "n_routed_experts", default=0))
-    experts_per_token = int(_get(config, "num_experts_per_tok", "num_experts_per_token", default=0))
+    experts_per_token = int(_get(config, "num_experts_per_tok", "num_experts_per_token", "top_k_experts", default=0))
     moe_inner = int(_get(config, "moe_intermediate_size", default=c.inner)) if num_experts else 0
     shared_inner = int(_get(config, "shared_expert_intermediate_size", default=0)) or moe_inner * int(
         _get(config, "n_shared_experts", default=0)
     )
     widest_mlp = max(c.inner, experts_per_token * moe_inner + shared_inner)
+    dims = _attention_dims(config, c)
     return ModelShape(
         model_type=config.model_type,
         hidden_size=c.hidden,
@@ -364,7 +421,7 @@ def shape_from_layers(
         intermediate_size=widest_mlp,
         max_position_embeddings=int(_get(config, "max_position_embeddings", "n_positions", default=2048)),
         layers=tuple(layers),
-        caches=layer_caches(config, c.layers, _kv_heads(config, c), c.head_dim),
+        caches=layer_caches(config, dims),
         embedding_params=embedding,
         lm_head_params=lm_head,
         final_norm_params=final_norm,
@@ -372,7 +429,7 @@ def shape_from_layers(
         num_experts=num_experts,
         experts_per_token=experts_per_token,
         moe_intermediate_size=moe_inner,
-        rotary_dim=_rotary_dim(config, c.head_dim),
+        rotary_dim=_rotary_dim(config, dims),
         dtype=checkpoint_dtype(config),
         is_mla=_is_mla(config),
     )
