@@ -31,7 +31,7 @@ OVERRIDE: dict[str, Any] = {
 
 def _plan(nodes_per_replica: int = 1, data: int = 1) -> ChosenPlan:
     degrees = Degrees(tensor=8, pipeline=nodes_per_replica, data=data)
-    return ChosenPlan(degrees, nodes_per_replica, 8, pool=H100, gpu_product=H100, plan_hash="abc")
+    return ChosenPlan(degrees, nodes_per_replica, 8, pool=H100, gpu_product=H100, plan_hash="abc", sequence_length=4096)
 
 
 def _spec(pod_template: dict[str, Any], **extra: Any) -> ParallelDeploymentSpec:

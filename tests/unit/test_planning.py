@@ -6,6 +6,7 @@ from autoparallel.controller.config import OperatorConfig
 from autoparallel.controller.inventory import NodeGPUs, build_inventory
 from autoparallel.controller.models import ParallelDeploymentSpec
 from autoparallel.controller.planning import PlanFailure, PlanResult, plan_deployment, planner_options
+from autoparallel.controller.render.inference import vllm_argv
 
 H100 = (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)
 
@@ -101,3 +102,30 @@ def test_operator_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert config.resync_seconds == 2.5 and config.prices() == {"H100-80GB": 3.0}
     with pytest.raises(ValueError, match="gpu_prices"):
         OperatorConfig(gpu_prices='["H100"]').prices()
+
+
+def test_an_unset_sequence_length_is_4096_or_the_models_positions_when_fewer() -> None:
+    inventory = build_inventory(h100_nodes(1), [])
+    gpt2_spec = spec(model={"name": "openai-community/gpt2"})
+    assert gpt2_spec.workload.sequence_length is None
+    gpt2 = plan_deployment(gpt2_spec, inventory)
+    assert isinstance(gpt2, PlanResult)
+    assert gpt2.plan.sequence_length == gpt2.status.sequence_length == 1024  # n_positions
+    assert "--max-model-len 1024" in gpt2.status.command
+    argv = vllm_argv(gpt2.plan, gpt2_spec)
+    assert argv[argv.index("--max-model-len") + 1] == "1024"
+    llama = plan_deployment(spec(model={"name": "meta-llama/Llama-3.1-8B-Instruct"}), inventory)
+    assert isinstance(llama, PlanResult) and llama.status.sequence_length == 4096
+    explicit = plan_deployment(
+        spec(model={"name": "openai-community/gpt2"}, workload={"sequenceLength": 512}), inventory
+    )
+    assert isinstance(explicit, PlanResult) and explicit.status.sequence_length == 512
+
+
+def test_an_explicit_sequence_length_above_the_models_positions_is_invalid() -> None:
+    too_long = plan_deployment(
+        spec(model={"name": "openai-community/gpt2"}, workload={"sequenceLength": 4096}),
+        build_inventory(h100_nodes(1), []),
+    )
+    assert isinstance(too_long, PlanFailure) and too_long.reason == "InvalidSpec"
+    assert "4096 exceeds the 1024 positions" in too_long.message

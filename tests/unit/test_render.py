@@ -54,7 +54,8 @@ def is_cache(manifest: dict[str, Any]) -> bool:
 
 
 def _plan(degrees: Degrees, gpus_per_pod: int, nodes_per_replica: int = 1, **extra: Any) -> ChosenPlan:
-    defaults: dict[str, Any] = {"pool": H100, "gpu_product": H100, "plan_hash": "3f9a1c0d5e7b"}
+    # sequence_length: what plan_deployment chooses for an unset spec.workload.sequenceLength on these models.
+    defaults: dict[str, Any] = {"pool": H100, "gpu_product": H100, "plan_hash": "3f9a1c0d5e7b", "sequence_length": 4096}
     return ChosenPlan(degrees, nodes_per_replica, gpus_per_pod, **{**defaults, **extra})
 
 

@@ -157,13 +157,19 @@ class ModelSpec(_Model):
     through secretKeyRef. The token is never copied into the resource, its status or the operator."""
 
 
+DEFAULT_SEQUENCE_LENGTH = 4096
+"""spec.workload.sequenceLength when unset, or the model's max_position_embeddings when that is shorter."""
+
+
 class WorkloadSpec(_Model):
     """What the model is used for and how large the work is."""
 
     type: WorkloadType = WorkloadType.INFERENCE
     """inference serves the model with vLLM; training runs torchrun with autoparallel's training runtime."""
-    sequence_length: int = Field(default=4096, ge=1, le=1_048_576, alias="sequenceLength")
-    """Maximum tokens per sequence (vLLM --max-model-len; the training sequence length)."""
+    sequence_length: int | None = Field(default=None, ge=1, le=1_048_576, alias="sequenceLength")
+    """Maximum tokens per sequence (vLLM --max-model-len; the training sequence length). Unset: 4096, or the
+    model's max_position_embeddings when fewer (status.plan.sequenceLength shows the value planned). A value
+    above the model's max_position_embeddings is InvalidSpec."""
     batch_size: int = Field(default=32, ge=1, le=1_000_000, alias="batchSize")
     """Inference: concurrent sequences to serve at sequenceLength. Training: global batch in sequences."""
 
@@ -385,6 +391,9 @@ class PlanStatus(_Model):
     """KV-cache capacity of one replica in tokens (inference)."""
     max_concurrency: int = Field(alias="maxConcurrency")
     """Sequences of sequenceLength one replica holds at once (inference)."""
+    sequence_length: int | None = Field(default=None, alias="sequenceLength")
+    """Tokens per sequence planned: spec.workload.sequenceLength, or when unset min(4096, the model's
+    max_position_embeddings)."""
     command: str
     """The command each replica runs."""
     reason: str

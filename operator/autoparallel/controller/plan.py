@@ -39,6 +39,17 @@ class ChosenPlan:
     """Digest of the plan; children carry it in the ``autoparallel.io/plan-hash`` annotation."""
     micro_batches: int = 1
     """Training: micro-batches per step on each data-parallel rank."""
+    sequence_length: int | None = None
+    """Tokens per sequence planned (vLLM --max-model-len, the training sequence length): the spec's
+    ``workload.sequenceLength``, or min(4096, the model's positions) when it is unset. None only in plans built by
+    hand, which then need the spec's value."""
+
+    def planned_sequence_length(self, spec_value: int | None) -> int:
+        """``spec_value`` (the spec's ``workload.sequenceLength``) when set, else the length this plan chose."""
+        value = spec_value or self.sequence_length
+        if value is None:
+            raise ValueError("the plan has no sequence length and spec.workload.sequenceLength is unset")
+        return value
 
     @property
     def pods_per_replica(self) -> int:

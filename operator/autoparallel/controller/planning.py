@@ -11,6 +11,7 @@ from typing import Any
 from autoparallel.controller.feedback import FailedPlan, has_room
 from autoparallel.controller.inventory import Inventory
 from autoparallel.controller.models import (
+    DEFAULT_SEQUENCE_LENGTH,
     DType,
     MemoryPerGPU,
     ParallelDeploymentSpec,
@@ -29,6 +30,7 @@ from autoparallel.planner.errors import (
     ModelNotFoundError,
 )
 from autoparallel.planner.inference import Degrees
+from autoparallel.planner.resolve import resolve_model
 from autoparallel.planner.units import GIB, human_bytes, to_gib
 
 CANDIDATES = 4
@@ -174,10 +176,13 @@ def plan_deployment(
         )
     model: Any = {**spec.model.config, "_name_or_path": spec.model.name} if spec.model.config else spec.model.name
     try:
+        sequence_length = spec.workload.sequence_length or min(
+            DEFAULT_SEQUENCE_LENGTH, resolve_model(model).shape.max_position_embeddings
+        )
         configs = analyze(
             model,
             list(inventory.pools),
-            spec.workload.sequence_length,
+            sequence_length,
             spec.workload.batch_size,
             FALLBACK_CANDIDATES if failed else CANDIDATES,
             **planner_options(spec),
@@ -219,6 +224,7 @@ def plan_deployment(
         gpu_product=dict(inventory.products).get(pool.name),
         plan_hash=digest,
         micro_batches=max(1, spec.workload.batch_size // best["data_parallel"]),
+        sequence_length=sequence_length,
     )
     pods = max(1, degrees.total_gpus // gpus_per_pod)
     if pods > 1 and shared_by_one_node_only(spec):
@@ -246,6 +252,7 @@ def plan_deployment(
         utilization=f"{best['memory_utilization']:.2f}",
         kv_cache_tokens=best["kv_cache_tokens"],
         max_concurrency=best["max_concurrent_sequences"],
+        sequence_length=sequence_length,
         command=best["deployment_command"],
         reason=best["reason"],
         hash=digest,

@@ -56,12 +56,12 @@ def _serving(spec: ParallelDeploymentSpec) -> ServingSpec:
     return spec.serving or ServingSpec()
 
 
-def serve_options(spec: ParallelDeploymentSpec) -> ServeOptions:
+def serve_options(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> ServeOptions:
     """The ``vllm serve`` flags that follow from the spec rather than from the degrees."""
     serving = _serving(spec)
     return ServeOptions(
         model=spec.model.name,
-        max_model_len=spec.workload.sequence_length,
+        max_model_len=plan.planned_sequence_length(spec.workload.sequence_length),
         gpu_memory_utilization=float(serving.gpu_memory_utilization),
         dtype=None if spec.model.dtype is DType.AUTO else spec.model.dtype.value,
         quantization=spec.model.quantization.value if spec.model.quantization else None,
@@ -74,7 +74,7 @@ def serve_options(spec: ParallelDeploymentSpec) -> ServeOptions:
 def vllm_argv(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> list[str]:
     """``vllm serve`` with the planned flags, then the user's ``serving.args`` (later flags win in vLLM)."""
     multi_node = plan.nodes_per_replica > 1
-    return [*vllm_serve_args(plan.degrees, serve_options(spec), multi_node=multi_node), *_serving(spec).args]
+    return [*vllm_serve_args(plan.degrees, serve_options(plan, spec), multi_node=multi_node), *_serving(spec).args]
 
 
 def _probes(handler: Manifest) -> dict[str, Manifest]:

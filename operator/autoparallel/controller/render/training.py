@@ -69,7 +69,7 @@ def training_script(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> str:
     else:
         options = TrainOptions(
             model=spec.model.name,
-            sequence_length=spec.workload.sequence_length,
+            sequence_length=plan.planned_sequence_length(spec.workload.sequence_length),
             global_batch_size=spec.workload.batch_size,
             micro_batches=plan.micro_batches,
             steps=training.steps,
