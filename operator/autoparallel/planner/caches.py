@@ -179,7 +179,8 @@ LayerCache = AttentionGeometry | RecurrentState
 """One cache a decoder layer holds."""
 
 
-def _get(config: Any, *names: str, default: Any = None) -> Any:
+def config_value(config: Any, *names: str, default: Any = None) -> Any:
+    """The first attribute of ``names`` that the config sets to something other than None."""
     for name in names:
         value = getattr(config, name, None)
         if value is not None:
@@ -188,51 +189,53 @@ def _get(config: Any, *names: str, default: Any = None) -> Any:
 
 
 def _ssm_dtype(config: Any) -> str | None:
-    raw = _get(config, "mamba_ssm_cache_dtype", "mamba_ssm_dtype")
+    raw = config_value(config, "mamba_ssm_cache_dtype", "mamba_ssm_dtype")
     return None if raw in (None, "auto") else str(raw).removeprefix("torch.")
 
 
 def recurrent_state(config: Any) -> RecurrentState | None:
     """The state of the config's linear-attention/SSM layers, from the keys its family uses; None without any."""
     ssm_dtype = _ssm_dtype(config)
-    hidden = int(_get(config, "hidden_size", default=0))
+    hidden = int(config_value(config, "hidden_size", default=0))
     kda = getattr(config, "linear_attn_config", None)
     if isinstance(kda, dict) and kda.get("kda_layers"):
         return KimiDeltaState(
             ssm_dtype, int(kda["num_heads"]), int(kda["head_dim"]), int(kda.get("short_conv_kernel_size", 4))
         )
-    if _get(config, "linear_num_value_heads") is not None:
+    if config_value(config, "linear_num_value_heads") is not None:
         return GatedDeltaNetState(
             ssm_dtype,
             key_heads=int(config.linear_num_key_heads),
             value_heads=int(config.linear_num_value_heads),
             key_dim=int(config.linear_key_head_dim),
             value_dim=int(config.linear_value_head_dim),
-            conv_kernel=int(_get(config, "linear_conv_kernel_dim", default=4)),
+            conv_kernel=int(config_value(config, "linear_conv_kernel_dim", default=4)),
         )
-    heads = _get(config, "mamba_num_heads", "mamba_n_heads")
+    heads = config_value(config, "mamba_num_heads", "mamba_n_heads")
     if heads is not None:
-        head_dim = int(_get(config, "mamba_head_dim", "mamba_d_head"))
+        head_dim = int(config_value(config, "mamba_head_dim", "mamba_d_head"))
         # Nemotron-H: heads × head_dim; Granite 4 / Falcon-H1: mamba_d_ssm or mamba_expand × hidden.
-        expand = _get(config, "mamba_expand")
-        intermediate = _get(config, "mamba_d_ssm") or (int(expand) * hidden if expand else int(heads) * head_dim)
+        expand = config_value(config, "mamba_expand")
+        intermediate = config_value(config, "mamba_d_ssm") or (
+            int(expand) * hidden if expand else int(heads) * head_dim
+        )
         return Mamba2State(
             ssm_dtype,
             heads=int(heads),
             head_dim=head_dim,
-            state_size=int(_get(config, "ssm_state_size", "mamba_d_state")),
-            groups=int(_get(config, "n_groups", "mamba_n_groups", default=1)),
-            conv_kernel=int(_get(config, "conv_kernel", "mamba_d_conv", default=4)),
+            state_size=int(config_value(config, "ssm_state_size", "mamba_d_state")),
+            groups=int(config_value(config, "n_groups", "mamba_n_groups", default=1)),
+            conv_kernel=int(config_value(config, "conv_kernel", "mamba_d_conv", default=4)),
             intermediate=int(intermediate),
         )
-    if _get(config, "mamba_d_state") is not None:
+    if config_value(config, "mamba_d_state") is not None:
         return Mamba1State(
             ssm_dtype,
-            intermediate=int(_get(config, "mamba_expand", default=2)) * hidden,
+            intermediate=int(config_value(config, "mamba_expand", default=2)) * hidden,
             state_size=int(config.mamba_d_state),
-            conv_kernel=int(_get(config, "mamba_d_conv", default=4)),
+            conv_kernel=int(config_value(config, "mamba_d_conv", default=4)),
         )
-    if _get(config, "conv_L_cache") is not None:
+    if config_value(config, "conv_L_cache") is not None:
         return ShortConvState(ssm_dtype, channels=hidden, conv_kernel=int(config.conv_L_cache))
     return None
 
@@ -259,7 +262,7 @@ def layer_types(config: Any, num_layers: int) -> tuple[str, ...]:
         return tuple(
             "full_attention" if (i + 1) % int(interval) == 0 else "linear_attention" for i in range(num_layers)
         )
-    window = _get(config, "sliding_window")
+    window = config_value(config, "sliding_window")
     if window and getattr(config, "use_sliding_window", True):
         return ("sliding_attention",) * num_layers
     return ("full_attention",) * num_layers
@@ -267,14 +270,14 @@ def layer_types(config: Any, num_layers: int) -> tuple[str, ...]:
 
 def _attention(config: Any, kind: str, kv_heads: int, head_dim: int) -> AttentionGeometry:
     latent = 0
-    if _get(config, "kv_lora_rank") is not None:  # multi-head latent attention (DeepSeek-V2/V3, Kimi)
+    if config_value(config, "kv_lora_rank") is not None:  # multi-head latent attention (DeepSeek-V2/V3, Kimi)
         latent = int(config.kv_lora_rank) + int(config.qk_rope_head_dim)
     indexer = 0
-    if kind == "indexed_attention" or _get(config, "index_topk") is not None:
+    if kind == "indexed_attention" or config_value(config, "index_topk") is not None:
         index_dim = int(config.index_head_dim)
         indexer = index_dim + index_dim // SPARSE_INDEXER_QUANT_BLOCK * 4
-    window = _get(config, "sliding_window") if kind == "sliding_attention" else None
-    chunk = _get(config, "attention_chunk_size") if kind == "chunked_attention" else None
+    window = config_value(config, "sliding_window") if kind == "sliding_attention" else None
+    chunk = config_value(config, "attention_chunk_size") if kind == "chunked_attention" else None
     return AttentionGeometry(
         kv_heads=0 if latent else kv_heads,
         head_dim=0 if latent else head_dim,

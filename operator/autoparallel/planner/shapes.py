@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoparallel.planner.caches import AttentionGeometry, LayerCache, RecurrentState, layer_caches
+from autoparallel.planner.caches import config_value as _get
 from autoparallel.planner.errors import InvalidConfigurationError
 
 __all__ = ["AttentionGeometry", "LayerCache", "LayerParams", "ModelShape", "RecurrentState"]
@@ -115,15 +116,6 @@ class ModelShape:
             return self.parameter_count
         inactive = sum(layer.experts for layer in self.layers) * (self.num_experts - self.experts_per_token)
         return self.parameter_count - inactive // self.num_experts
-
-
-def _get(config: Any, *names: str, default: Any = None) -> Any:
-    """The first attribute of ``names`` that the config sets to something other than None."""
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return default
 
 
 def _gated_mlp(hidden: int, inner: int, bias: bool = False) -> int:
