@@ -101,3 +101,18 @@ def test_operator_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert config.resync_seconds == 2.5 and config.prices() == {"H100-80GB": 3.0}
     with pytest.raises(ValueError, match="gpu_prices"):
         OperatorConfig(gpu_prices='["H100"]').prices()
+
+
+def test_scaling_plans_min_replicas_and_caps_max_at_what_the_pool_holds() -> None:
+    inventory = build_inventory(h100_nodes(2), [])
+    result = plan_deployment(spec(scaling={"minReplicas": 1, "maxReplicas": 50}), inventory)
+    assert isinstance(result, PlanResult)
+    status = result.status
+    assert status.data == 1
+    per_node = 8 // status.gpus_per_replica
+    assert status.max_replicas == result.plan.max_replicas == 2 * per_node
+    assert f"maxReplicas 50 is capped at {2 * per_node}" in status.reason
+    within = plan_deployment(spec(scaling={"minReplicas": 1, "maxReplicas": 2}), inventory)
+    assert isinstance(within, PlanResult) and within.status.max_replicas == 2 and "capped" not in within.status.reason
+    wide = plan_deployment(spec(model={"name": "meta-llama/Llama-3.1-405B"}, scaling={"maxReplicas": 2}), inventory)
+    assert isinstance(wide, PlanFailure) and wide.reason == "InvalidSpec" and "spec.scaling" in wide.message

@@ -39,6 +39,8 @@ class ChosenPlan:
     """Digest of the plan; children carry it in the ``autoparallel.io/plan-hash`` annotation."""
     micro_batches: int = 1
     """Training: micro-batches per step on each data-parallel rank."""
+    max_replicas: int | None = None
+    """With spec.scaling: the most replicas the autoscaler may run (the plan's DP is the minimum)."""
 
     @property
     def pods_per_replica(self) -> int:

@@ -114,7 +114,8 @@ def render_inference_deployment(plan: ChosenPlan, spec: ParallelDeploymentSpec, 
         "kind": "Deployment",
         "metadata": object_meta(owner.name, plan.plan_hash, owner, COMPONENT_INFERENCE),
         "spec": {
-            "replicas": plan.degrees.data,
+            # With spec.scaling the autoscaler owns the replica count (from minReplicas up): not applied here.
+            **({} if spec.scaling else {"replicas": plan.degrees.data}),
             "selector": {"matchLabels": selector_labels(owner, COMPONENT_INFERENCE)},
             # Replace one pod at a time and never surge: a surge pod would need GPUs beyond the plan, which a
             # full pool does not have, and the rollout would hang on a Pending pod.
