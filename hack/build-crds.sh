@@ -50,6 +50,9 @@ CRD_SOURCES=(
   # KEDA's Makefile `manifests`: `controller-gen crd:crdVersions=v1,generateEmbeddedObjectMeta=true
   # paths="./apis/..." ...`; the CRDs (ScaledObject, ScaledJob, TriggerAuthentication, …) come from apis/.
   "keda github.com/kedacore/keda/v2 crd:crdVersions=v1,generateEmbeddedObjectMeta=true ./apis/keda/v1alpha1/."
+  # Gateway API Inference Extension's Makefile `generate`: `controller-gen crd output:dir=./config/crd/bases
+  # paths="./..."`; InferencePool (inference.networking.k8s.io/v1) is in api/v1.
+  "gaie sigs.k8s.io/gateway-api-inference-extension crd ./api/v1/."
 )
 
 log() { printf '[build-crds] %s\n' "$*" >&2; }

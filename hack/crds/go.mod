@@ -12,6 +12,7 @@ tool sigs.k8s.io/controller-tools/cmd/controller-gen
 require (
 	github.com/kedacore/keda/v2 v2.21.0
 	github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring v0.95.2
+	sigs.k8s.io/gateway-api-inference-extension v1.3.0
 )
 
 require (

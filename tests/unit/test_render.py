@@ -248,6 +248,7 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
             {
                 "model": {"name": "Qwen/Qwen3-32B"},
                 "scaling": {"minReplicas": 1, "maxReplicas": 8, "target": "3"},
+                "serving": {"gateway": {"inferencePool": True, "endpointPicker": {"failureMode": "FailOpen"}}},
             }
         ),
     ),
@@ -774,3 +775,20 @@ def test_scaling_renders_keda_when_served_else_an_hpa_and_leaves_replicas_to_it(
     unscaled = spec.model_copy(update={"scaling": None})
     [fixed] = by_kind(render_children(plan, unscaled, OWNER), "Deployment")
     assert fixed["spec"]["replicas"] == plan.degrees.data
+
+
+def test_an_inference_pool_selects_the_vllm_servers_only_when_asked_and_served() -> None:
+    plan, spec = CASES["inference_autoscaled"]
+    [pool] = by_kind(render_children(plan, spec, OWNER, served=OPTIONAL_CRDS), "InferencePool")
+    [deployment] = by_kind(render_children(plan, spec, OWNER, served=OPTIONAL_CRDS), "Deployment")
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["spec"]["selector"] == deployment["spec"]["selector"]
+    assert pool["spec"]["targetPorts"] == [{"number": 8000}]
+    assert pool["spec"]["endpointPickerRef"] == {
+        "name": f"{OWNER.name}-epp",
+        "port": {"number": 9002},
+        "failureMode": "FailOpen",
+    }
+    assert not by_kind(render_children(plan, spec, OWNER), "InferencePool")  # the CRD is not served
+    group_plan, group_spec = CASES["inference_multi_node"]
+    assert not by_kind(render_children(group_plan, group_spec, OWNER, served=OPTIONAL_CRDS), "InferencePool")

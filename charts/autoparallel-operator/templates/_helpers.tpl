@@ -102,6 +102,11 @@ create when the object does not exist yet.
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [list, create, patch, delete]
+# spec.serving.gateway.inferencePool: the Gateway API Inference Extension's InferencePool of the vLLM servers,
+# while its CRD is served: applied, listed by owner label and deleted when no longer rendered.
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [list, create, patch, delete]
 # Events on ParallelDeployments (Planned, InsufficientMemory, …), posted by the operator and by kopf.
 - apiGroups: [""]
   resources: [events]

@@ -75,6 +75,13 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
         "keda.sh/v1alpha1", "ScaledObject", "scaledobjects", requires="scaledobjects.keda.sh", capability_dependent=True
     ),
     ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", capability_dependent=True),
+    ChildKind(
+        "inference.networking.k8s.io/v1",
+        "InferencePool",
+        "inferencepools",
+        requires="inferencepools.inference.networking.k8s.io",
+        capability_dependent=True,
+    ),
 )
 
 BY_KIND = {child.kind: child for child in CHILD_KINDS}

@@ -206,6 +206,33 @@ class PlacementSpec(_Model):
     """Tolerations added to every pod (GPU nodes are often tainted)."""
 
 
+class FailureMode(StrEnum):
+    FAIL_OPEN = "FailOpen"
+    FAIL_CLOSE = "FailClose"
+
+
+class EndpointPicker(_Model):
+    """The Gateway API Inference Extension's endpoint picker (EPP) the InferencePool routes through."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=253)
+    """Its Service in the resource's namespace (default <name>-epp, the name the extension's inferencepool
+    Helm chart gives it)."""
+    port: int = Field(default=9002, ge=1, le=65535)
+    """Its gRPC port (the service port)."""
+    failure_mode: FailureMode = Field(default=FailureMode.FAIL_CLOSE, alias="failureMode")
+    """What the gateway does when the picker is unreachable: FailClose refuses requests, FailOpen routes anyway."""
+
+
+class GatewaySpec(_Model):
+    """Registration of the serving pods with an inference gateway."""
+
+    inference_pool: bool = Field(default=False, alias="inferencePool")
+    """Render an InferencePool (inference.networking.k8s.io/v1) selecting the vLLM servers on the serving port,
+    when the Gateway API Inference Extension's CRD is served; nothing otherwise."""
+    endpoint_picker: EndpointPicker = Field(default_factory=EndpointPicker, alias="endpointPicker")
+    """The endpoint picker that routes by KV-cache and queue load."""
+
+
 class ServingSpec(_Model):
     """How vLLM serves the model (inference only)."""
 
@@ -237,6 +264,8 @@ class ServingSpec(_Model):
     """KV-cache element type; fp8 halves the KV cache per token."""
     port: int = Field(default=8000, ge=1, le=65535)
     """Port of the OpenAI-compatible server."""
+    gateway: GatewaySpec | None = None
+    """An InferencePool for a Gateway with an endpoint picker (Gateway API Inference Extension)."""
     out_of_memory_fallbacks: int = Field(default=2, ge=0, le=10, alias="outOfMemoryFallbacks")
     """How many times the operator may replan onto a plan with more memory per GPU when vLLM runs out of memory
     (0: never; the plan then stays, Ready=False/OutOfMemory with vLLM's line). Pinned parallel degrees are never

@@ -22,6 +22,7 @@ from autoparallel.controller.render.common import (
     labels,
     owner_references,
 )
+from autoparallel.controller.render.gateway import render_inference_pool
 from autoparallel.controller.render.inference import (
     LABEL_REPLICA,
     render_group_service,
@@ -83,11 +84,12 @@ def render_integrations(
     max_replicas: int | None,
     served: frozenset[str],
 ) -> list[Manifest]:
-    """The children that depend on which CRDs the API server serves: the PodMonitor, and the autoscaler (KEDA's
-    ScaledObject or an HPA)."""
+    """The children that depend on which CRDs the API server serves: the PodMonitor, the autoscaler (KEDA's
+    ScaledObject or an HPA) and the InferencePool."""
     return [
         *render_pod_monitor(spec, owner, plan_hash, nodes_per_replica, served),
         *render_autoscaler(spec, owner, plan_hash, max_replicas, served),
+        *render_inference_pool(spec, owner, plan_hash, nodes_per_replica, served),
     ]
 
 
