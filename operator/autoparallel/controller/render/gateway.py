@@ -7,8 +7,8 @@ from __future__ import annotations
 from autoparallel.controller.kinds import BY_KIND
 from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
 from autoparallel.controller.plan import Owner
-from autoparallel.controller.render.common import COMPONENT_INFERENCE, Manifest, object_meta, selector_labels
-from autoparallel.controller.render.inference import LABEL_POD_INDEX
+from autoparallel.controller.render.common import COMPONENT_INFERENCE, Manifest, object_meta
+from autoparallel.controller.render.inference import server_selector
 
 INFERENCE_POOL = BY_KIND["InferencePool"]
 
@@ -23,9 +23,7 @@ def render_inference_pool(
     if not wanted or INFERENCE_POOL.requires not in served or spec.plan_only:
         return []
     assert serving is not None and gateway is not None
-    selector = selector_labels(owner, COMPONENT_INFERENCE)
-    if nodes_per_replica > 1:
-        selector[LABEL_POD_INDEX] = "0"
+    selector = server_selector(owner, nodes_per_replica)
     picker = gateway.endpoint_picker
     return [
         {

@@ -126,11 +126,17 @@ def render_inference_deployment(plan: ChosenPlan, spec: ParallelDeploymentSpec, 
     }
 
 
+def server_selector(owner: Owner, nodes_per_replica: int) -> dict[str, str]:
+    """Labels of the pods that run vLLM's server: every serving pod, or pod 0 of every multi-node group."""
+    selector = selector_labels(owner, COMPONENT_INFERENCE)
+    if nodes_per_replica > 1:
+        selector[LABEL_POD_INDEX] = "0"
+    return selector
+
+
 def render_inference_service(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> Manifest:
     """The OpenAI endpoint ``<name>``: every serving pod, or pod 0 (the one running vLLM) of every group."""
-    selector = selector_labels(owner, COMPONENT_INFERENCE)
-    if plan.nodes_per_replica > 1:
-        selector[LABEL_POD_INDEX] = "0"
+    selector = server_selector(owner, plan.nodes_per_replica)
     return {
         "apiVersion": "v1",
         "kind": "Service",
