@@ -47,6 +47,12 @@ CRD_SOURCES=(
   # paths=./v1/. paths=./v1alpha1/. ...`; v1alpha1 (PrometheusAgent, ScrapeConfig,
   # AlertmanagerConfig) only adds CRDs of its own, which we do not need.
   "monitoring github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring crd:crdVersions=v1 ./v1/."
+  # KEDA's Makefile `manifests`: `controller-gen crd:crdVersions=v1,generateEmbeddedObjectMeta=true
+  # paths="./apis/..." ...`; the CRDs (ScaledObject, ScaledJob, TriggerAuthentication, …) come from apis/.
+  "keda github.com/kedacore/keda/v2 crd:crdVersions=v1,generateEmbeddedObjectMeta=true ./apis/keda/v1alpha1/."
+  # Gateway API Inference Extension's Makefile `generate`: `controller-gen crd output:dir=./config/crd/bases
+  # paths="./..."`; InferencePool (inference.networking.k8s.io/v1) is in api/v1.
+  "gaie sigs.k8s.io/gateway-api-inference-extension crd ./api/v1/."
 )
 
 log() { printf '[build-crds] %s\n' "$*" >&2; }

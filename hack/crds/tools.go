@@ -6,5 +6,7 @@
 package crds
 
 import (
+	_ "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+	_ "sigs.k8s.io/gateway-api-inference-extension/api/v1"
 	_ "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 )

@@ -4,82 +4,41 @@ one PodMonitor per serving resource, for resources that existed before the CRD t
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from kube import KubeCluster, gone, repo_root, wait_for
+from kube import KubeCluster, wait_for
 
 from .conftest import Operator, example
 from .pd import create, wait_condition
+from .third_party import custom_objects, installed_crd, served
 
 CRD_NAME = "podmonitors.monitoring.coreos.com"
-TEST_LABEL = "autoparallel.io/installed-by-tests"
-
-
-def _crds(kube_cluster: KubeCluster) -> client.ApiextensionsV1Api:
-    return client.ApiextensionsV1Api(kube_cluster.api_client)
-
-
-def _served(kube_cluster: KubeCluster) -> dict[str, Any] | None:
-    try:
-        crd = _crds(kube_cluster).read_custom_resource_definition(CRD_NAME)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return crd.to_dict()
 
 
 def _pod_monitors(kube_cluster: KubeCluster, namespace: str) -> list[dict[str, Any]]:
-    api = client.CustomObjectsApi(kube_cluster.api_client)
-    items: list[dict[str, Any]] = api.list_namespaced_custom_object(
-        "monitoring.coreos.com", "v1", namespace, "podmonitors"
-    )["items"]
-    return items
+    return custom_objects(kube_cluster, namespace, "monitoring.coreos.com", "v1", "podmonitors")
 
 
 @pytest.fixture
 def pod_monitor_crd(kube_cluster: KubeCluster) -> Iterator[str]:
     """The PodMonitor CRD, installed by this test unless the cluster has it (then it is left as it is)."""
-    existing = _served(kube_cluster)
-    if existing is not None:
-        yield CRD_NAME
-        return
-    built = subprocess.run(
-        [str(repo_root() / "hack" / "build-crds.sh"), "--print-path"], check=True, capture_output=True, text=True
-    )
-    body = yaml.safe_load((Path(built.stdout.strip()) / f"{CRD_NAME.split('.', 1)[1]}_podmonitors.yaml").read_text())
-    body["metadata"].setdefault("labels", {})[TEST_LABEL] = "true"
-    api = _crds(kube_cluster)
-    api.create_custom_resource_definition(body)
-
-    def established() -> bool:
-        conditions = api.read_custom_resource_definition(CRD_NAME).status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    wait_for(established, timeout=30, description=f"CRD {CRD_NAME} Established")
-    yield CRD_NAME
-    api.delete_custom_resource_definition(CRD_NAME)
-    wait_for(gone(lambda: api.read_custom_resource_definition(CRD_NAME)), timeout=60, description=f"{CRD_NAME} gone")
+    with installed_crd(kube_cluster, CRD_NAME) as name:
+        yield name
 
 
 def test_without_the_crd_there_is_no_pod_monitor_and_no_error(
     operator: Operator, kube_cluster: KubeCluster, pd_namespace: str
 ) -> None:
-    if _served(kube_cluster) is not None:
+    if served(kube_cluster, CRD_NAME) is not None:
         pytest.skip(f"this cluster serves {CRD_NAME} (installed by someone else): the no-CRD case cannot be shown")
     body = example("moe-mixtral.yaml")
     create(kube_cluster, pd_namespace, body)
     pd = wait_condition(kube_cluster, pd_namespace, body["metadata"]["name"], "Ready", "True", timeout=90)
     assert all(c["status"] != "True" for c in pd["status"]["conditions"] if c["type"] == "Degraded")
-    assert _served(kube_cluster) is None  # and the operator fixture asserts that the operator raised nothing
+    assert served(kube_cluster, CRD_NAME) is None  # and the operator fixture asserts that the operator raised nothing
 
 
 def test_one_pod_monitor_per_serving_resource_once_the_crd_is_served(

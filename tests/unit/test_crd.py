@@ -370,6 +370,8 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
     assert messages == [
         "serving applies to inference; use training for workload.type training",
         "training applies to workload.type training",
+        "scaling applies to inference",
+        "scaling sets the replicas: remove parallelism.data (minReplicas is the planned degree)",
         "parallelism.expert applies to inference",
         "quantization quantizes an unquantized checkpoint at load time, weightFormat plans for a checkpoint stored "
         "quantized: give one",
@@ -378,6 +380,7 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
         "maxGPUs must be at least tensor × pipeline",
         'gpuMemoryUtilization must be a decimal in (0, 1], e.g. "0.90"',
         "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
+        "maxReplicas must be at least minReplicas",
         "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
         "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
     ]

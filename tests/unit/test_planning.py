@@ -129,3 +129,37 @@ def test_an_explicit_sequence_length_above_the_models_positions_is_invalid() -> 
     )
     assert isinstance(too_long, PlanFailure) and too_long.reason == "InvalidSpec"
     assert "4096 exceeds the 1024 positions" in too_long.message
+
+
+def test_scaling_plans_min_replicas_and_caps_max_at_what_the_pool_holds() -> None:
+    inventory = build_inventory(h100_nodes(2), [])
+    result = plan_deployment(spec(scaling={"minReplicas": 1, "maxReplicas": 50}), inventory)
+    assert isinstance(result, PlanResult)
+    status = result.status
+    assert status.data == 1
+    per_node = 8 // status.gpus_per_replica
+    assert status.max_replicas == result.plan.max_replicas == 2 * per_node
+    assert f"maxReplicas 50 is capped at {2 * per_node}" in status.reason
+    within = plan_deployment(spec(scaling={"minReplicas": 1, "maxReplicas": 2}), inventory)
+    assert isinstance(within, PlanResult) and within.status.max_replicas == 2 and "capped" not in within.status.reason
+    wide = plan_deployment(spec(model={"name": "meta-llama/Llama-3.1-405B"}, scaling={"maxReplicas": 2}), inventory)
+    assert isinstance(wide, PlanFailure) and wide.reason == "InvalidSpec" and "spec.scaling" in wide.message
+
+
+def test_the_pods_run_vllm_with_the_planned_max_num_seqs() -> None:
+    """A hybrid model whose state blocks cannot hold vLLM's default of 1024 sequences on an H100: the flag of
+    status.plan.command is in the serving pods' argv too (else vLLM refuses to start)."""
+    hybrid = spec(model={"name": "Qwen/Qwen3.5-35B-A3B"}, workload={"sequenceLength": 8192, "batchSize": 8})
+    result = plan_deployment(hybrid, build_inventory(h100_nodes(1), []))
+    assert isinstance(result, PlanResult)
+    assert result.plan.max_num_seqs is not None and result.plan.max_num_seqs < 1024
+    argv = vllm_argv(result.plan, hybrid)
+    assert argv[argv.index("--max-num-seqs") + 1] == str(result.plan.max_num_seqs)
+    assert f"--max-num-seqs {result.plan.max_num_seqs}" in result.status.command
+    dense = plan_deployment(
+        spec(model={"name": "meta-llama/Llama-3.1-8B-Instruct"}), build_inventory(h100_nodes(1), [])
+    )
+    assert isinstance(dense, PlanResult)
+    assert ("--max-num-seqs" in vllm_argv(dense.plan, spec(model={"name": "meta-llama/Llama-3.1-8B-Instruct"}))) == (
+        "--max-num-seqs" in dense.status.command
+    )

@@ -243,6 +243,16 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
             }
         ),
     ),
+    "inference_autoscaled": (
+        _plan(Degrees(tensor=2, pipeline=1, data=1), gpus_per_pod=2, max_replicas=6),
+        _spec(
+            {
+                "model": {"name": "Qwen/Qwen3-32B"},
+                "scaling": {"minReplicas": 1, "maxReplicas": 8, "target": "3"},
+                "serving": {"gateway": {"inferencePool": True, "endpointPicker": {"failureMode": "FailOpen"}}},
+            }
+        ),
+    ),
     "training_user_command": (
         _plan(Degrees(tensor=2, pipeline=1, data=4), gpus_per_pod=4, pool="mi300", gpu_product=None),
         _spec(
@@ -262,7 +272,11 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
 }
 
 
-SERVED: dict[str, frozenset[str]] = {"inference_multi_node": OPTIONAL_CRDS, "inference_overrides": OPTIONAL_CRDS}
+SERVED: dict[str, frozenset[str]] = {
+    "inference_multi_node": OPTIONAL_CRDS,
+    "inference_overrides": OPTIONAL_CRDS,
+    "inference_autoscaled": OPTIONAL_CRDS,
+}
 """Cases rendered for a cluster that serves the optional integrations' CRDs (the others: none)."""
 
 
@@ -740,3 +754,42 @@ def test_a_pod_monitor_scrapes_the_vllm_servers_only_when_its_crd_is_served() ->
     assert not by_kind(render_children(training_plan, training_spec, OWNER, served=OPTIONAL_CRDS), "PodMonitor")
     preview = spec.model_copy(update={"plan_only": True})
     assert not by_kind(render_children(plan, preview, OWNER, served=OPTIONAL_CRDS), "PodMonitor")
+
+
+def test_scaling_renders_keda_when_served_else_an_hpa_and_leaves_replicas_to_it() -> None:
+    plan, spec = CASES["inference_autoscaled"]
+    with_keda = render_children(plan, spec, OWNER, served=OPTIONAL_CRDS)
+    [scaled] = by_kind(with_keda, "ScaledObject")
+    assert not by_kind(with_keda, "HorizontalPodAutoscaler")
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 6)  # the planned cap
+    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": OWNER.name}
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["threshold"] == "3"
+    assert trigger["metadata"]["query"].startswith(f'sum(vllm:num_requests_waiting{{namespace="{OWNER.namespace}"')
+    [deployment] = by_kind(with_keda, "Deployment")
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns the count
+    plain = render_children(plan, spec, OWNER)
+    [hpa] = by_kind(plain, "HorizontalPodAutoscaler")
+    assert not by_kind(plain, "ScaledObject")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 6)
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
+    unscaled = spec.model_copy(update={"scaling": None})
+    [fixed] = by_kind(render_children(plan, unscaled, OWNER), "Deployment")
+    assert fixed["spec"]["replicas"] == plan.degrees.data
+
+
+def test_an_inference_pool_selects_the_vllm_servers_only_when_asked_and_served() -> None:
+    plan, spec = CASES["inference_autoscaled"]
+    [pool] = by_kind(render_children(plan, spec, OWNER, served=OPTIONAL_CRDS), "InferencePool")
+    [deployment] = by_kind(render_children(plan, spec, OWNER, served=OPTIONAL_CRDS), "Deployment")
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["spec"]["selector"] == deployment["spec"]["selector"]
+    assert pool["spec"]["targetPorts"] == [{"number": 8000}]
+    assert pool["spec"]["endpointPickerRef"] == {
+        "name": f"{OWNER.name}-epp",
+        "port": {"number": 9002},
+        "failureMode": "FailOpen",
+    }
+    assert not by_kind(render_children(plan, spec, OWNER), "InferencePool")  # the CRD is not served
+    group_plan, group_spec = CASES["inference_multi_node"]
+    assert not by_kind(render_children(group_plan, group_spec, OWNER, served=OPTIONAL_CRDS), "InferencePool")

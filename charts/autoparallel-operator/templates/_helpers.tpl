@@ -93,6 +93,20 @@ create when the object does not exist yet.
 - apiGroups: [monitoring.coreos.com]
   resources: [podmonitors]
   verbs: [list, create, patch, delete]
+# spec.scaling: an HPA on vLLM's metric, or KEDA's ScaledObject while KEDA's CRD is served (each replaces the
+# other): applied, listed by owner label and deleted when no longer rendered.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [list, create, patch, delete]
+# KEDA's ScaledObject, the same way.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [list, create, patch, delete]
+# spec.serving.gateway.inferencePool: the Gateway API Inference Extension's InferencePool of the vLLM servers,
+# while its CRD is served: applied, listed by owner label and deleted when no longer rendered.
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [list, create, patch, delete]
 # Events on ParallelDeployments (Planned, InsufficientMemory, …), posted by the operator and by kopf.
 - apiGroups: [""]
   resources: [events]

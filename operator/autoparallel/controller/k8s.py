@@ -86,10 +86,14 @@ def _owned(item: Mapping[str, Any], owner_uid: str) -> bool:
     return any(ref.get("uid") == owner_uid for ref in item["metadata"].get("ownerReferences") or [])
 
 
-def _delete_stale(namespace: str, owner_uid: str, keep: set[tuple[str, str]], served: frozenset[str]) -> list[str]:
+def _delete_stale(
+    namespace: str, owner_uid: str, keep: set[tuple[str, str]], served: frozenset[str], kinds: frozenset[str] | None
+) -> list[str]:
     deleted = []
     for child in CHILD_KINDS:
         if not child.pruned or (child.requires is not None and child.requires not in served):
+            continue
+        if kinds is not None and child.kind not in kinds:
             continue
         query = [("labelSelector", f"{LABEL_OWNER_UID}={owner_uid}")]
         for item in _request("GET", child.path(namespace), query).get("items", []):
@@ -109,6 +113,7 @@ def _sync(
     prune: bool,
     served: frozenset[str],
     unchanged: frozenset[tuple[str, str]],
+    kinds: frozenset[str] | None,
 ) -> list[str]:
     for manifest in manifests:
         if (manifest["kind"], manifest["metadata"]["name"]) not in unchanged:
@@ -116,7 +121,7 @@ def _sync(
     if not prune:
         return []
     keep = {(m["kind"], m["metadata"]["name"]) for m in manifests}
-    return _delete_stale(namespace, owner_uid, keep, served)
+    return _delete_stale(namespace, owner_uid, keep, served, kinds)
 
 
 async def sync_children(
@@ -126,11 +131,12 @@ async def sync_children(
     prune: bool = True,
     served: frozenset[str] = frozenset(),
     unchanged: frozenset[tuple[str, str]] = frozenset(),
+    kinds: frozenset[str] | None = None,
 ) -> list[str]:
     """Apply ``manifests`` except the ``unchanged`` ones (kind, name) and, with ``prune``, delete the owner's
-    other children (of the built-in kinds and of the optional ones whose CRDs are ``served``); returns what
-    was deleted."""
-    return await asyncio.to_thread(_sync, list(manifests), namespace, owner_uid, prune, served, unchanged)
+    other children (of the built-in kinds and of the optional ones whose CRDs are ``served``; only of ``kinds``
+    when given); returns what was deleted."""
+    return await asyncio.to_thread(_sync, list(manifests), namespace, owner_uid, prune, served, unchanged, kinds)
 
 
 def _patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ class ChildKind:
     """Its pod template is immutable: an older plan's object is read, deleted, then applied anew."""
     requires: str | None = None
     """The CRD (``<plural>.<group>``) that must be served for this kind to exist; None for built-in kinds."""
+    capability_dependent: bool = False
+    """Rendered by :func:`render_integrations` from the served CRDs: applied (and pruned) anew when they change."""
 
     @property
     def group(self) -> str:
@@ -66,7 +68,22 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
         "PodMonitor",
         "podmonitors",
         requires="podmonitors.monitoring.coreos.com",
+        capability_dependent=True,
+    ),
+    # spec.scaling: a KEDA ScaledObject when KEDA is installed, else an HPA (never both: each replaces the other).
+    ChildKind(
+        "keda.sh/v1alpha1", "ScaledObject", "scaledobjects", requires="scaledobjects.keda.sh", capability_dependent=True
+    ),
+    ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", capability_dependent=True),
+    ChildKind(
+        "inference.networking.k8s.io/v1",
+        "InferencePool",
+        "inferencepools",
+        requires="inferencepools.inference.networking.k8s.io",
+        capability_dependent=True,
     ),
 )
 
 BY_KIND = {child.kind: child for child in CHILD_KINDS}
+CAPABILITY_KINDS = frozenset(child.kind for child in CHILD_KINDS if child.capability_dependent)
+"""Kinds rendered from the served CRDs (re-applied and pruned on their own when those change)."""

@@ -212,6 +212,33 @@ class PlacementSpec(_Model):
     """Tolerations added to every pod (GPU nodes are often tainted)."""
 
 
+class FailureMode(StrEnum):
+    FAIL_OPEN = "FailOpen"
+    FAIL_CLOSE = "FailClose"
+
+
+class EndpointPicker(_Model):
+    """The Gateway API Inference Extension's endpoint picker (EPP) the InferencePool routes through."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=253)
+    """Its Service in the resource's namespace (default <name>-epp, the name the extension's inferencepool
+    Helm chart gives it)."""
+    port: int = Field(default=9002, ge=1, le=65535)
+    """Its gRPC port (the service port)."""
+    failure_mode: FailureMode = Field(default=FailureMode.FAIL_CLOSE, alias="failureMode")
+    """What the gateway does when the picker is unreachable: FailClose refuses requests, FailOpen routes anyway."""
+
+
+class GatewaySpec(_Model):
+    """Registration of the serving pods with an inference gateway."""
+
+    inference_pool: bool = Field(default=False, alias="inferencePool")
+    """Render an InferencePool (inference.networking.k8s.io/v1) selecting the vLLM servers on the serving port,
+    when the Gateway API Inference Extension's CRD is served; nothing otherwise."""
+    endpoint_picker: EndpointPicker = Field(default_factory=EndpointPicker, alias="endpointPicker")
+    """The endpoint picker that routes by KV-cache and queue load."""
+
+
 class ServingSpec(_Model):
     """How vLLM serves the model (inference only)."""
 
@@ -243,10 +270,38 @@ class ServingSpec(_Model):
     """KV-cache element type; fp8 halves the KV cache per token."""
     port: int = Field(default=8000, ge=1, le=65535)
     """Port of the OpenAI-compatible server."""
+    gateway: GatewaySpec | None = None
+    """An InferencePool for a Gateway with an endpoint picker (Gateway API Inference Extension)."""
     out_of_memory_fallbacks: int = Field(default=2, ge=0, le=10, alias="outOfMemoryFallbacks")
     """How many times the operator may replan onto a plan with more memory per GPU when vLLM runs out of memory
     (0: never; the plan then stays, Ready=False/OutOfMemory with vLLM's line). Pinned parallel degrees are never
     overridden."""
+
+
+class ScalingSpec(_Model):
+    """Autoscaling of the replicas between planned bounds: tensor and pipeline degrees never change with load."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.maxReplicas >= self.minReplicas", "message": "maxReplicas must be at least minReplicas"}
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=10_000, alias="minReplicas")
+    """Replicas planned and reserved now (the data-parallel degree of the plan)."""
+    max_replicas: int = Field(ge=1, le=10_000, alias="maxReplicas")
+    """The most replicas the autoscaler may run; capped at what the pool can ever hold (status.plan.maxReplicas
+    says the cap and why)."""
+    metric: str = Field(default="vllm:num_requests_waiting", min_length=1, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    """vLLM's Prometheus metric the autoscaler averages over the replicas."""
+    target: str = Field(default="5", pattern=r"^[0-9]+(\.[0-9]+)?$")
+    """Average value of the metric per replica to scale at (a decimal string), e.g. 5 waiting requests."""
+    prometheus_url: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090", alias="prometheusURL", min_length=1
+    )
+    """Where KEDA queries the metric (the Prometheus that scrapes the PodMonitor); unused with an HPA."""
 
 
 class TrainingSpec(_Model):
@@ -281,6 +336,14 @@ class ParallelDeploymentSpec(_Model):
                     "message": "training applies to workload.type training",
                 },
                 {
+                    "rule": "!has(self.scaling) || !has(self.workload) || self.workload.type == 'inference'",
+                    "message": "scaling applies to inference",
+                },
+                {
+                    "rule": "!has(self.scaling) || !has(self.parallelism) || !has(self.parallelism.data)",
+                    "message": "scaling sets the replicas: remove parallelism.data (minReplicas is the planned degree)",
+                },
+                {
                     "rule": "!has(self.parallelism) || !has(self.parallelism.expert) || "
                     "!has(self.workload) || self.workload.type == 'inference'",
                     "message": "parallelism.expert applies to inference",
@@ -301,6 +364,10 @@ class ParallelDeploymentSpec(_Model):
     """Node selection and GPU resource name."""
     serving: ServingSpec | None = None
     """vLLM settings (inference)."""
+    scaling: ScalingSpec | None = None
+    """Autoscale the serving replicas on a vLLM metric between minReplicas (planned and reserved) and maxReplicas
+    (capped at what the pool holds): a KEDA ScaledObject when KEDA is installed, else a HorizontalPodAutoscaler on
+    the same metric (which needs a custom-metrics adapter). Inference with single-node replicas only."""
     training: TrainingSpec | None = None
     """Training settings (training)."""
     pod_template: PodTemplate | None = Field(default=None, alias="podTemplate")
@@ -379,6 +446,9 @@ class PlanStatus(_Model):
     """Pods of all replicas together: the plan reserves their GPUs until they run."""
     gpus_per_pod: int | None = Field(default=None, alias="gpusPerPod")
     """GPUs each pod requests."""
+    max_replicas: int | None = Field(default=None, alias="maxReplicas")
+    """With spec.scaling: the most replicas the autoscaler may run (spec.scaling.maxReplicas, capped at what the
+    pool can ever hold)."""
     gpu_type: str = Field(alias="gpuType")
     """GPU the plan is for (catalog name, e.g. H100-80GB)."""
     pool: str

@@ -39,6 +39,10 @@ class ChosenPlan:
     """Digest of the plan; children carry it in the ``autoparallel.io/plan-hash`` annotation."""
     micro_batches: int = 1
     """Training: micro-batches per step on each data-parallel rank."""
+    max_replicas: int | None = None
+    """With spec.scaling: the most replicas the autoscaler may run (the plan's DP is the minimum)."""
+    max_num_seqs: int | None = None
+    """vLLM --max-num-seqs when its GPU-dependent default would not fit (hybrid state blocks, KV blocks)."""
     sequence_length: int | None = None
     """Tokens per sequence planned (vLLM --max-model-len, the training sequence length): the spec's
     ``workload.sequenceLength``, or min(4096, the model's positions) when it is unset. None only in plans built by

@@ -23,6 +23,7 @@ from autoparallel.controller.models import (
 from autoparallel.controller.plan import ChosenPlan
 from autoparallel.controller.render.cache import shared_by_one_node_only
 from autoparallel.planner import analyze
+from autoparallel.planner.cluster import NodePool
 from autoparallel.planner.errors import (
     AutoParallelError,
     InsufficientMemoryError,
@@ -65,7 +66,7 @@ def planner_options(spec: ParallelDeploymentSpec) -> dict[str, Any]:
         "objective": spec.objective.value,
         "tensor_parallel": spec.parallelism.tensor,
         "pipeline_parallel": spec.parallelism.pipeline,
-        "data_parallel": spec.parallelism.data,
+        "data_parallel": spec.scaling.min_replicas if spec.scaling else spec.parallelism.data,
         "expert_parallel": spec.parallelism.expert,
         "max_gpus": spec.parallelism.max_gpus,
         "quantization": spec.model.quantization.value if spec.model.quantization else None,
@@ -159,6 +160,31 @@ def _with_room(configs: list[dict[str, Any]], failed: Sequence[FailedPlan]) -> l
     ]
 
 
+def _scaling_bounds(
+    spec: ParallelDeploymentSpec, pool: NodePool, best: Mapping[str, Any]
+) -> tuple[int, str] | PlanFailure | None:
+    """(maxReplicas, what the reason adds) with spec.scaling: its maxReplicas capped at the replicas the pool holds
+    with all its GPUs (what it can ever hold, not what is free now); None without scaling."""
+    if spec.scaling is None:
+        return None
+    if best["nodes_per_replica"] > 1:
+        return PlanFailure(
+            "InvalidSpec",
+            f"spec.scaling: a replica spans {best['nodes_per_replica']} nodes (a StatefulSet per replica), which an "
+            "autoscaler cannot add; remove spec.scaling, or use GPUs that hold a replica on one node",
+        )
+    per_node = pool.gpus_per_node // int(best["gpus_per_replica"])
+    holds = pool.num_nodes * per_node
+    wanted = spec.scaling.max_replicas
+    if wanted <= holds:
+        return wanted, f"; autoscaling {spec.scaling.min_replicas}–{wanted} replicas"
+    return holds, (
+        f"; autoscaling {spec.scaling.min_replicas}–{holds} replicas: spec.scaling.maxReplicas {wanted} is capped at "
+        f"{holds}, what the {pool.name} pool holds ({pool.num_nodes} node(s) × {per_node} replica(s) of "
+        f"{best['gpus_per_replica']} GPU(s))"
+    )
+
+
 def plan_deployment(
     spec: ParallelDeploymentSpec,
     inventory: Inventory,
@@ -216,6 +242,9 @@ def plan_deployment(
         best["tensor_parallel"], best["pipeline_parallel"], best["expert_parallel"], best["data_parallel"]
     )
     gpus_per_pod = _gpus_per_pod(best, pool.gpus_per_node)
+    scaling = _scaling_bounds(spec, pool, best)
+    if isinstance(scaling, PlanFailure):
+        return scaling
     chosen = ChosenPlan(
         degrees=degrees,
         nodes_per_replica=best["nodes_per_replica"],
@@ -225,6 +254,8 @@ def plan_deployment(
         plan_hash=digest,
         micro_batches=max(1, spec.workload.batch_size // best["data_parallel"]),
         sequence_length=sequence_length,
+        max_replicas=scaling[0] if scaling else None,
+        max_num_seqs=best.get("max_num_seqs_flag"),
     )
     pods = max(1, degrees.total_gpus // gpus_per_pod)
     if pods > 1 and shared_by_one_node_only(spec):
@@ -246,6 +277,7 @@ def plan_deployment(
         nodes_per_replica=best["nodes_per_replica"],
         pods=pods,
         gpus_per_pod=gpus_per_pod,
+        max_replicas=scaling[0] if scaling else None,
         gpu_type=best["gpu_type"],
         pool=pool.name,
         memory_per_gpu=_memory(best, best["gpu_memory_gb"]),
@@ -254,7 +286,7 @@ def plan_deployment(
         max_concurrency=best["max_concurrent_sequences"],
         sequence_length=sequence_length,
         command=best["deployment_command"],
-        reason=best["reason"],
+        reason=f"{best['reason']}{scaling[1] if scaling else ''}",
         hash=digest,
     )
     return PlanResult(chosen, status, tuple(_candidate_line(c) for c in configs))

@@ -32,7 +32,7 @@ from autoparallel.controller.inventory import (
     Reservation,
     build_inventory,
 )
-from autoparallel.controller.kinds import BY_KIND
+from autoparallel.controller.kinds import BY_KIND, CAPABILITY_KINDS
 from autoparallel.controller.measure import measure
 from autoparallel.controller.models import (
     ConditionStatus,
@@ -194,9 +194,10 @@ async def _sync(
     prune: bool,
     served: frozenset[str],
     unchanged: frozenset[tuple[str, str]] = frozenset(),
+    kinds: frozenset[str] | None = None,
 ) -> list[str]:
     try:
-        deleted = await k8s.sync_children(manifests, owner.namespace, owner.uid, prune, served, unchanged)
+        deleted = await k8s.sync_children(manifests, owner.namespace, owner.uid, prune, served, unchanged, kinds)
     except k8s.ChildReplacing as waiting:
         raise kopf.TemporaryError(str(waiting), delay=REPLACE_RETRY_SECONDS) from waiting
     except ApiException as error:
@@ -226,7 +227,8 @@ async def _apply(result: PlanResult, manifests: list[dict[str, Any]], owner: Own
     if workloads and workloads <= current and not stale:
         # The children of this exact plan exist: nothing to write, unless an integration appeared since.
         if INTEGRATIONS_APPLIED.get(owner.uid) != snapshot.served:
-            await _sync([m for m in manifests if BY_KIND[m["kind"]].requires], owner, False, snapshot.served)
+            integrations = [m for m in manifests if m["kind"] in CAPABILITY_KINDS]
+            await _sync(integrations, owner, True, snapshot.served, kinds=CAPABILITY_KINDS)
         return []
     # A completed download stays as it is (its pod template is immutable, and the weights are in the cache).
     downloaded = frozenset(
@@ -239,14 +241,15 @@ async def _apply(result: PlanResult, manifests: list[dict[str, Any]], owner: Own
 async def _sync_integrations(
     spec: ParallelDeploymentSpec, plan: PlanStatus, body: kopf.Body, snapshot: Snapshot
 ) -> None:
-    """Apply the current plan's children of the integrations whose CRDs are served now (not pruned: a removed
-    CRD takes its objects with it)."""
+    """Apply the current plan's children that follow the served CRDs, pruning those of their kinds no longer
+    rendered (an HPA replaced by KEDA's ScaledObject); a removed CRD takes its own objects with it."""
     owner = _owner(body)
     served = snapshot.served
     if spec.plan_only:
         INTEGRATIONS_APPLIED[owner.uid] = served
         return
-    await _sync(render_integrations(spec, owner, plan.hash, plan.nodes_per_replica, served), owner, False, served)
+    manifests = render_integrations(spec, owner, plan.hash, plan.nodes_per_replica, plan.max_replicas, served)
+    await _sync(manifests, owner, True, served, kinds=CAPABILITY_KINDS)
 
 
 async def _plan_and_apply(

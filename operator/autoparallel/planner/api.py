@@ -145,7 +145,9 @@ def _plan_dict(plan: Plan, ctx: Context) -> dict[str, Any]:
         "vllm_version": VLLM_VERSION,
     }
     if isinstance(plan.memory, InferenceEstimate):
-        result["max_num_seqs"] = max_num_seqs(plan, ctx)[0]
+        seqs, default_seqs = max_num_seqs(plan, ctx)
+        result["max_num_seqs"] = seqs
+        result["max_num_seqs_flag"] = None if seqs == default_seqs else seqs  # --max-num-seqs in the command
         result["kv_cache_blocks"] = plan.memory.peak_stage.kv_cache_blocks
         result["stages"] = [
             {

@@ -22,6 +22,7 @@ from autoparallel.controller.render.common import (
     labels,
     owner_references,
 )
+from autoparallel.controller.render.gateway import render_inference_pool
 from autoparallel.controller.render.inference import (
     LABEL_REPLICA,
     render_group_service,
@@ -31,6 +32,7 @@ from autoparallel.controller.render.inference import (
 )
 from autoparallel.controller.render.monitoring import render_pod_monitor
 from autoparallel.controller.render.overrides import check_containers
+from autoparallel.controller.render.scaling import render_autoscaler
 from autoparallel.controller.render.training import render_training_job, render_training_service
 
 __all__ = [
@@ -70,15 +72,25 @@ def render_children(
     cache = render_cache(spec, owner)
     if not model_cached:
         return cache
-    integrations = render_integrations(spec, owner, plan.plan_hash, plan.nodes_per_replica, served)
+    integrations = render_integrations(spec, owner, plan.plan_hash, plan.nodes_per_replica, plan.max_replicas, served)
     return [*cache, *_workloads(plan, spec, owner), *integrations]
 
 
 def render_integrations(
-    spec: ParallelDeploymentSpec, owner: Owner, plan_hash: str, nodes_per_replica: int, served: frozenset[str]
+    spec: ParallelDeploymentSpec,
+    owner: Owner,
+    plan_hash: str,
+    nodes_per_replica: int,
+    max_replicas: int | None,
+    served: frozenset[str],
 ) -> list[Manifest]:
-    """The children of optional integrations (kinds that need a CRD), for the CRDs the API server serves."""
-    return render_pod_monitor(spec, owner, plan_hash, nodes_per_replica, served)
+    """The children that depend on which CRDs the API server serves: the PodMonitor, the autoscaler (KEDA's
+    ScaledObject or an HPA) and the InferencePool."""
+    return [
+        *render_pod_monitor(spec, owner, plan_hash, nodes_per_replica, served),
+        *render_autoscaler(spec, owner, plan_hash, max_replicas, served),
+        *render_inference_pool(spec, owner, plan_hash, nodes_per_replica, served),
+    ]
 
 
 def _workloads(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:

@@ -68,6 +68,7 @@ def serve_options(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> ServeOption
         kv_cache_dtype=serving.kv_cache_dtype.value,
         port=serving.port,
         revision=spec.model.revision,
+        max_num_seqs=plan.max_num_seqs,
     )
 
 
@@ -114,7 +115,8 @@ def render_inference_deployment(plan: ChosenPlan, spec: ParallelDeploymentSpec, 
         "kind": "Deployment",
         "metadata": object_meta(owner.name, plan.plan_hash, owner, COMPONENT_INFERENCE),
         "spec": {
-            "replicas": plan.degrees.data,
+            # With spec.scaling the autoscaler owns the replica count (from minReplicas up): not applied here.
+            **({} if spec.scaling else {"replicas": plan.degrees.data}),
             "selector": {"matchLabels": selector_labels(owner, COMPONENT_INFERENCE)},
             # Replace one pod at a time and never surge: a surge pod would need GPUs beyond the plan, which a
             # full pool does not have, and the rollout would hang on a Pending pod.
@@ -125,11 +127,17 @@ def render_inference_deployment(plan: ChosenPlan, spec: ParallelDeploymentSpec, 
     }
 
 
+def server_selector(owner: Owner, nodes_per_replica: int) -> dict[str, str]:
+    """Labels of the pods that run vLLM's server: every serving pod, or pod 0 of every multi-node group."""
+    selector = selector_labels(owner, COMPONENT_INFERENCE)
+    if nodes_per_replica > 1:
+        selector[LABEL_POD_INDEX] = "0"
+    return selector
+
+
 def render_inference_service(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> Manifest:
     """The OpenAI endpoint ``<name>``: every serving pod, or pod 0 (the one running vLLM) of every group."""
-    selector = selector_labels(owner, COMPONENT_INFERENCE)
-    if plan.nodes_per_replica > 1:
-        selector[LABEL_POD_INDEX] = "0"
+    selector = server_selector(owner, plan.nodes_per_replica)
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -7,8 +7,8 @@ from __future__ import annotations
 from autoparallel.controller.kinds import BY_KIND
 from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
 from autoparallel.controller.plan import Owner
-from autoparallel.controller.render.common import COMPONENT_INFERENCE, Manifest, object_meta, selector_labels
-from autoparallel.controller.render.inference import HTTP_PORT_NAME, LABEL_POD_INDEX
+from autoparallel.controller.render.common import COMPONENT_INFERENCE, Manifest, object_meta
+from autoparallel.controller.render.inference import HTTP_PORT_NAME, server_selector
 
 POD_MONITOR = BY_KIND["PodMonitor"]
 METRICS_PATH = "/metrics"
@@ -22,9 +22,7 @@ def render_pod_monitor(
     when the CRD is ``served`` and the resource serves a model."""
     if POD_MONITOR.requires not in served or spec.workload.type is not WorkloadType.INFERENCE or spec.plan_only:
         return []
-    selector = selector_labels(owner, COMPONENT_INFERENCE)
-    if nodes_per_replica > 1:
-        selector[LABEL_POD_INDEX] = "0"
+    selector = server_selector(owner, nodes_per_replica)
     return [
         {
             "apiVersion": POD_MONITOR.api_version,
