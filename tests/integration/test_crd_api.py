@@ -205,7 +205,8 @@ def test_openapi_publishes_the_descriptions(kube_cluster: KubeCluster, crd: clie
 def test_minimal_object_is_accepted_and_defaulted_like_the_models(crd: client.CustomObjectsApi, namespace: str) -> None:
     created = create(crd, namespace, manifest({"model": {"name": MODEL}}))
     spec = created["spec"]
-    assert spec["workload"] == {"type": "inference", "sequenceLength": 4096, "batchSize": 32}
+    # No sequenceLength default: unset means min(4096, the model's positions), decided when planning.
+    assert spec["workload"] == {"type": "inference", "batchSize": 32}
     assert spec["objective"] == "minimize_gpus"
     assert spec["planOnly"] is False
     assert spec["placement"]["gpuResource"] == "nvidia.com/gpu"
