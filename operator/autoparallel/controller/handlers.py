@@ -1,4 +1,7 @@
-"""kopf handlers: each a few lines that forward to :mod:`reconcile`. Importing this module registers them."""
+"""kopf handlers: each a few lines that forward to :mod:`reconcile`. Importing this module registers them.
+
+Every handler is ``async``: a sync one runs in kopf's thread pool, where the start-up indexing of thousands of
+objects waits behind whatever else holds a thread, and no handler here blocks."""
 
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     settings.watching.client_timeout = CONFIG.watch_client_timeout
     settings.posting.level = logging.INFO
     k8s.configure_client()
+    SERVED_CRDS.clear()  # an earlier operator in this process may have seen CRDs deleted since
     if CONFIG.metrics_port:
         metrics.serve(CONFIG.metrics_port)
     # Periodic resync runs as the operator's own task, not as a kopf timer: kopf guards timers with a
@@ -62,31 +66,31 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.index("", "v1", "nodes")
-def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, NodeGPUs]:
+async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, NodeGPUs]:
     node = node_gpus(body)
     return {node.name: node} if node else {}
 
 
 @kopf.index("", "v1", "pods")
-def gpu_pods(body: kopf.Body, **_: Any) -> dict[str, PodGPUs]:
+async def gpu_pods(body: kopf.Body, **_: Any) -> dict[str, PodGPUs]:
     return {pod.node: pod for pod in pod_gpus(body)}
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_OWNER_UID: kopf.PRESENT})
-def own_pod_problems(body: kopf.Body, **_: Any) -> dict[str, PodProblem]:
+async def own_pod_problems(body: kopf.Body, **_: Any) -> dict[str, PodProblem]:
     """Our pods that cannot run: unschedulable, or their container cannot be created (a missing Secret)."""
     pod = pod_problem(body)
     return {pod.owner_uid: pod} if pod else {}
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_OWNER_UID: kopf.PRESENT})
-def serving_endpoints(body: kopf.Body, **_: Any) -> dict[str, Endpoint]:
+async def serving_endpoints(body: kopf.Body, **_: Any) -> dict[str, Endpoint]:
     """Our ready vLLM servers, whose /metrics say what vLLM allocated."""
     endpoint = serving_endpoint(body)
     return {endpoint.owner_uid: endpoint} if endpoint else {}
 
 
-def _child(body: kopf.Body, **_: Any) -> dict[str, ChildReadiness]:
+async def _child(body: kopf.Body, **_: Any) -> dict[str, ChildReadiness]:
     readiness = child_readiness(body)
     owner = (body.get("metadata", {}).get("labels") or {}).get(LABEL_OWNER_UID)
     return {owner: readiness} if readiness and owner else {}
@@ -97,20 +101,28 @@ child_statefulsets = kopf.index("apps", "v1", "statefulsets", labels=MANAGED, id
 child_jobs = kopf.index("batch", "v1", "jobs", labels=MANAGED, id="child_jobs")(_child)
 
 
-@kopf.index("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-def served_crds(body: kopf.Body, **_: Any) -> dict[str, bool]:
-    """The optional integrations' CRDs that are established (the operator renders their kinds)."""
-    name = served_crd(body)
-    return {name: True} if name else {}
+SERVED_CRDS: set[str] = set()
+"""The optional integrations' CRDs that are established now, kept by the event handler below. A watch, not a
+kopf index: an index on CRDs joins kopf's start-up barrier (every index populated before any handler runs), and a
+CRD deleted while an operator starts could hold that barrier shut."""
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+async def crd_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    name = body.get("metadata", {}).get("name", "")
+    if type != "DELETED" and served_crd(body):
+        SERVED_CRDS.add(name)
+    else:
+        SERVED_CRDS.discard(name)
 
 
 @kopf.index(*RESOURCE)
-def parallel_deployments(body: kopf.Body, **_: Any) -> dict[str, kopf.Body]:
+async def parallel_deployments(body: kopf.Body, **_: Any) -> dict[str, kopf.Body]:
     return {body["metadata"]["uid"]: body}
 
 
 @kopf.index(*RESOURCE)
-def gpu_reservations(body: kopf.Body, **_: Any) -> dict[str, Reservation | None]:
+async def gpu_reservations(body: kopf.Body, **_: Any) -> dict[str, Reservation | None]:
     """What each resource's stored plan holds, parsed once per change of the resource."""
     return {body["metadata"]["uid"]: reservation_of(body)}
 
@@ -140,7 +152,7 @@ def _shared(indices: Mapping[str, Any]) -> _Shared:
         reservations={uid: next(iter(values), None) for uid, values in indices["gpu_reservations"].items()},
         pods_by_owner=by_owner,
         schedulable=frozenset(node.name for node in nodes if node.schedulable),
-        served=frozenset(name for name, values in indices["served_crds"].items() if values),
+        served=frozenset(SERVED_CRDS),
     )
 
 
@@ -183,7 +195,7 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **k
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
-def on_delete(namespace: str | None, name: str, uid: str | None, **_: Any) -> None:
+async def on_delete(namespace: str | None, name: str, uid: str | None, **_: Any) -> None:
     metrics.forget(namespace or "", name)
     if uid:
         LEDGER.forget(uid)
