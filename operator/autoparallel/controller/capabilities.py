@@ -1,5 +1,5 @@
 """Which optional integrations the cluster offers, learnt from the CustomResourceDefinitions the API server
-serves (an index on CRDs, so a CRD installed or removed later is noticed without polling)."""
+serves (a watch on CRDs, so a CRD installed or removed later is noticed without polling)."""
 
 from __future__ import annotations
 
