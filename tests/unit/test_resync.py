@@ -34,6 +34,11 @@ def one_round(
 
     monkeypatch.setattr(reconcile, "resync", fake_resync)
     monkeypatch.setattr(k8s, "patch_status", fake_patch)
+
+    async def no_optional_crds(names: frozenset[str]) -> frozenset[str]:
+        return frozenset()
+
+    monkeypatch.setattr(k8s, "served_crds", no_optional_crds)
     rounds = 0
 
     def snapshots() -> list[tuple[Any, Snapshot]]:

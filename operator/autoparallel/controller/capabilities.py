@@ -1,5 +1,6 @@
 """Which optional integrations the cluster offers, learnt from the CustomResourceDefinitions the API server
-serves (a watch on CRDs, so a CRD installed or removed later is noticed without polling)."""
+serves: read at start-up and once per resync round (a list of each optional CRD by name), never per reconcile.
+Not a kopf watch: a handler on CRDs joined kopf's start-up barrier, and fresh operators were seen to stall there."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from autoparallel.controller.kinds import CHILD_KINDS
 
 OPTIONAL_CRDS = frozenset(child.requires for child in CHILD_KINDS if child.requires)
 """The CRDs of every optional integration the operator renders children for."""
+SERVED: frozenset[str] = frozenset()
+"""Those of :data:`OPTIONAL_CRDS` served at the last look (the resync loop refreshes it)."""
 
 
 def served_crd(body: Mapping[str, Any]) -> str | None:

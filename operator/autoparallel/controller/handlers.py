@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
-from autoparallel.controller import k8s, metrics
-from autoparallel.controller.capabilities import served_crd
+from autoparallel.controller import capabilities, k8s, metrics
+from autoparallel.controller.capabilities import OPTIONAL_CRDS
 from autoparallel.controller.config import OperatorConfig
 from autoparallel.controller.feedback import Endpoint, PodProblem, pod_problem, serving_endpoint
 from autoparallel.controller.inventory import LABEL_OWNER_UID, NodeGPUs, PodGPUs, Reservation, node_gpus, pod_gpus
@@ -46,7 +47,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     settings.watching.client_timeout = CONFIG.watch_client_timeout
     settings.posting.level = logging.INFO
     k8s.configure_client()
-    SERVED_CRDS.clear()  # an earlier operator in this process may have seen CRDs deleted since
+    try:
+        capabilities.SERVED = await k8s.served_crds(OPTIONAL_CRDS)
+    except (ApiException, OSError):  # read again on every resync round
+        capabilities.SERVED = frozenset()
     if CONFIG.metrics_port:
         metrics.serve(CONFIG.metrics_port)
     # Periodic resync runs as the operator's own task, not as a kopf timer: kopf guards timers with a
@@ -101,21 +105,6 @@ child_statefulsets = kopf.index("apps", "v1", "statefulsets", labels=MANAGED, id
 child_jobs = kopf.index("batch", "v1", "jobs", labels=MANAGED, id="child_jobs")(_child)
 
 
-SERVED_CRDS: set[str] = set()
-"""The optional integrations' CRDs that are established now, kept by the event handler below. A watch, not a
-kopf index: an index on CRDs joins kopf's start-up barrier (every index populated before any handler runs), and a
-CRD deleted while an operator starts could hold that barrier shut."""
-
-
-@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-async def crd_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    name = body.get("metadata", {}).get("name", "")
-    if type != "DELETED" and served_crd(body):
-        SERVED_CRDS.add(name)
-    else:
-        SERVED_CRDS.discard(name)
-
-
 @kopf.index(*RESOURCE)
 async def parallel_deployments(body: kopf.Body, **_: Any) -> dict[str, kopf.Body]:
     return {body["metadata"]["uid"]: body}
@@ -152,7 +141,7 @@ def _shared(indices: Mapping[str, Any]) -> _Shared:
         reservations={uid: next(iter(values), None) for uid, values in indices["gpu_reservations"].items()},
         pods_by_owner=by_owner,
         schedulable=frozenset(node.name for node in nodes if node.schedulable),
-        served=frozenset(SERVED_CRDS),
+        served=capabilities.SERVED,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from autoparallel.controller.capabilities import served_crd
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH, LABEL_OWNER_UID
 from autoparallel.controller.kinds import BY_KIND, CHILD_KINDS
 from autoparallel.controller.models import GROUP, PLURAL, VERSION
@@ -53,6 +54,22 @@ def _request(
     if not 200 <= response.status <= 299:
         raise ApiException.from_response(http_resp=response, body=text, data=None)
     return json.loads(text) if text else {}
+
+
+def _served_crds(names: frozenset[str]) -> frozenset[str]:
+    served = set()
+    for name in names:
+        query = [("fieldSelector", f"metadata.name={name}")]
+        for crd in _request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", query).get("items", []):
+            if served_crd(crd):
+                served.add(name)
+    return frozenset(served)
+
+
+async def served_crds(names: frozenset[str]) -> frozenset[str]:
+    """Which of the CRDs ``names`` are established and serve the version the operator writes (with the ``list``
+    on CRDs the chart grants)."""
+    return await asyncio.to_thread(_served_crds, names)
 
 
 class ChildReplacing(Exception):

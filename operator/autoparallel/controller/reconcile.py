@@ -20,7 +20,8 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from autoparallel.controller import k8s, metrics
+from autoparallel.controller import capabilities, k8s, metrics
+from autoparallel.controller.capabilities import OPTIONAL_CRDS
 from autoparallel.controller.config import OperatorConfig
 from autoparallel.controller.derive import Facts, derive_status
 from autoparallel.controller.events import event_once, warn_on_degradation
@@ -392,6 +393,10 @@ async def resync_loop(snapshots: Callable[[], list[tuple[kopf.Body, Snapshot]]],
     logger = logging.getLogger("autoparallel.resync")
     while True:
         await asyncio.sleep(interval)  # pacing between rounds, not waiting for a condition
+        try:
+            capabilities.SERVED = await k8s.served_crds(OPTIONAL_CRDS)
+        except RESYNC_ERRORS as error:
+            logger.warning(f"reading the optional integrations' CRDs: {type(error).__name__}: {error}")
         rounds = sorted(snapshots(), key=_creation_order)
         for body, snapshot in rounds:
             patch = kopf.Patch()
