@@ -88,8 +88,19 @@ def test_every_pod_carries_the_overrides(
     pd = wait_condition(kube_cluster, pd_namespace, name, "Ready", "True", timeout=120)
     kids = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])
     assert kids[kind], f"no {kind} rendered for {example_file}"
-    pods = kids["Pod"]
-    assert len(pods) == pd["status"]["plan"]["pods"]
+    plan = pd["status"]["plan"]
+
+    def current_pods() -> list[client.V1Pod] | None:
+        pods = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])["Pod"]
+        live = [
+            p
+            for p in pods
+            if p.metadata.deletion_timestamp is None
+            and (p.metadata.annotations or {}).get("autoparallel.io/plan-hash") == plan["hash"]
+        ]
+        return live if len(live) == plan["pods"] else None
+
+    pods = wait_for(current_pods, timeout=60, description="the pods of the plan, none terminating")
     for pod in pods:
         _assert_overridden(pod, container)
 
