@@ -128,12 +128,7 @@ generate() { # <dest dir> <name> <module> <version> <crd options> <package dirs>
 }
 
 main() {
-  local print_path=false
-  case "${1:-}" in
-    --print-path) print_path=true ;;
-    "") ;;
-    *) die "usage: $0 [--print-path]" ;;
-  esac
+  parse_print_path "$@"
 
   local entry name module options dirs version dir f start=${EPOCHREALTIME} built=() cached=()
   local -A keep=()
@@ -174,7 +169,7 @@ main() {
   else
     log "CRDs cached ($(IFS=,; echo "${cached[*]}")) -> ${CRD_DIR}"
   fi
-  if ${print_path}; then
+  if ${PRINT_PATH}; then
     echo "${CRD_DIR}"
   fi
 }

@@ -56,12 +56,7 @@ build() { # <dest dir> <helm version> <client-go version>
 }
 
 main() {
-  local print_path=false
-  case "${1:-}" in
-    --print-path) print_path=true ;;
-    "") ;;
-    *) die "usage: $0 [--print-path]" ;;
-  esac
+  parse_print_path "$@"
 
   local version client_go hash dir start=${EPOCHREALTIME}
   version="$(module_version "${WRAPPER}/go.mod" helm.sh/helm/v3)"
@@ -85,7 +80,7 @@ main() {
     log "helm ${version} cached -> ${BIN_DIR}/helm"
   fi
   ln -sfn "${dir}/helm" "${BIN_DIR}/helm"
-  if ${print_path}; then
+  if ${PRINT_PATH}; then
     echo "${BIN_DIR}/helm"
   fi
 }

@@ -39,3 +39,14 @@ install_build() { # <tmp> <dest> <glob>
     fi
   done
 }
+
+# The scripts' only argument: --print-path (print where the result is) or nothing. Sets PRINT_PATH.
+# shellcheck disable=SC2034  # PRINT_PATH is read by the sourcing script
+parse_print_path() { # "$@" of the script
+  PRINT_PATH=false
+  case "${1:-}" in
+    --print-path) PRINT_PATH=true ;;
+    "") ;;
+    *) die "usage: $0 [--print-path]" ;;
+  esac
+}

@@ -102,7 +102,7 @@ class _VLLMMetrics(http.server.BaseHTTPRequestHandler):
             self.wfile.write(self.body)
 
     def log_message(self, *_: Any) -> None:
-        pass
+        """No access log on the test's stderr."""
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ and Mamba-2 side by side). The memory code never asks which model family it has;
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,17 +70,20 @@ def _divide(value: int, tp: int) -> int:
 
 
 @dataclass(frozen=True)
-class RecurrentState:
-    """A linear-attention/SSM layer's state per running sequence: conv state(s) plus the SSM/recurrent state."""
+class RecurrentState(ABC):
+    """A linear-attention/SSM layer's state per running sequence: conv state(s) plus the SSM/recurrent state.
+    Each layer kind below gives its element counts per TP rank."""
 
     ssm_dtype: str | None
     """dtype of the SSM/recurrent state (``mamba_ssm_cache_dtype``/``mamba_ssm_dtype``); None: the model dtype."""
 
+    @abstractmethod
     def conv_elements(self, tp: int) -> int:
-        raise NotImplementedError
+        """Elements of the conv state(s) on one TP rank."""
 
+    @abstractmethod
     def ssm_elements(self, tp: int) -> int:
-        raise NotImplementedError
+        """Elements of the SSM/recurrent state on one TP rank."""
 
     def bytes_per_sequence(self, tp: int, dtype: str) -> int:
         """Bytes of one sequence's state on one TP rank (vLLM's ``MambaSpec.page_size_bytes`` before padding);
