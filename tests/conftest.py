@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from kube import KubeCluster, reachable, repo_root, wait_for
+from kube import KubeCluster, gone, reachable, repo_root, wait_for
 from nodes import TEST_RUN_LABEL, TestNodes, default_pools
 
 CLUSTER_UP = repo_root() / "hack" / "cluster-up.sh"
@@ -94,6 +94,9 @@ def namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> Iter
         yield name
     finally:
         core.delete_namespace(name, propagation_policy="Background")
+        # Gone before the next test starts an operator: a fresh kopf that lists a `t-*` namespace while it
+        # terminates was seen to stall at its start-up indexing (every stream left unprocessed).
+        wait_for(gone(lambda: core.read_namespace(name)), timeout=180, description=f"namespace {name} gone")
 
 
 @pytest.fixture(scope="session")
