@@ -166,3 +166,28 @@ def test_transformers_config_trains_and_splits_with_convert_to_tp(tmp_path: Path
     split = _losses(_train(tmp_path, "llama-tp2", 2, *model, "--tensor-parallel", "2"))
     assert sorted(single) == [1, 2, 3]
     assert all(abs(split[step] - single[step]) < LOSS_TOLERANCE for step in single), (split, single)
+
+
+def test_packed_documents_at_dp2_with_a_resume_match_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real data: a jsonl dataset tokenized by the checkpoint's tokenizer and packed with document masking. DP=2
+    (FSDP2, one sequence per micro-batch) saved at step 2, mid-epoch, and resumed at DP=2 matches one process
+    over every step, across the epoch boundary: the same rows, order and token-weighted loss."""
+    from tiny_checkpoint import DOCUMENTS, write_checkpoint
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    write_checkpoint(tmp_path / "llama")
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in DOCUMENTS * 3))  # 14 rows of 16
+    common = ["--model", str(tmp_path / "llama"), "--data", str(data), "--global-batch-size", "4"]
+    common += ["--micro-batches", "2"]
+    reference = _losses(_train(tmp_path, "one", 1, *common))
+    saved = ["--checkpoint-dir", str(tmp_path / "checkpoints")]
+    dp2 = [*common, "--data-parallel", "2", *saved]
+    first = _losses(_train(tmp_path, "dp2", 2, *dp2, "--steps", "2"))
+    resumed = _losses(_train(tmp_path, "dp2-resumed", 2, *dp2, "--resume"))
+    assert (sorted(first), sorted(resumed)) == ([1, 2], [3, 4, 5])
+    differences = {step: abs(loss - reference[step]) for step, loss in {**first, **resumed}.items()}
+    assert max(differences.values()) < LOSS_TOLERANCE, differences
+    assert reference[STEPS] < reference[1]  # it learns
