@@ -94,9 +94,9 @@ def _workloads(children: Sequence[ChildReadiness]) -> list[ChildReadiness]:
 
 
 def _model_cached(derived: _Derived) -> Verdict | None:
-    """Whether the weight cache holds the model (only with ``cache.prefetch``): the download Job's state."""
+    """Whether the weight cache holds the model (only when a download Job prefetches it): that Job's state."""
     spec = derived.facts.spec
-    if spec is None or spec.plan_only or spec.model.cache is None or not spec.model.cache.prefetch:
+    if spec is None or spec.plan_only or not spec.model.prefetched:
         return None
     model = f"{spec.model.name}@{spec.model.revision or 'main'}"
     job = next((c for c in derived.facts.children if c.component == COMPONENT_DOWNLOAD), None)
