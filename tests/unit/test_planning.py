@@ -98,8 +98,11 @@ def test_operator_gpu_prices_steer_minimize_cost() -> None:
 def test_operator_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPARALLEL_RESYNC_SECONDS", "2.5")
     monkeypatch.setenv("AUTOPARALLEL_GPU_PRICES", '{"H100-80GB": 3}')
+    monkeypatch.setenv("AUTOPARALLEL_TRAINING_IMAGE", "registry.example.com/ml/autoparallel-training:0.1.0")
     config = OperatorConfig.from_env()
     assert config.resync_seconds == 2.5 and config.prices() == {"H100-80GB": 3.0}
+    assert config.training_image == "registry.example.com/ml/autoparallel-training:0.1.0"
+    assert OperatorConfig().training_image == "autoparallel-training:0.1.0"  # what the Dockerfile's build line names
     with pytest.raises(ValueError, match="gpu_prices"):
         OperatorConfig(gpu_prices='["H100"]').prices()
 

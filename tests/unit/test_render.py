@@ -898,10 +898,33 @@ def test_a_dataset_on_a_volume_is_not_downloaded_and_the_dataset_names_the_job(t
     assert len(names) == 3
 
 
+def test_training_from_an_export_downloads_only_its_hub_dataset(tmp_path: Path) -> None:
+    """A model at a path is on the volume already; the Hub dataset still comes through the download Job, and the
+    pods then run offline."""
+    _, spec = CASES["training_finetune"]
+    continued = spec.model_copy(
+        update={
+            "model": spec.model.model_copy(
+                update={"name": "/model-cache/exports/llama8b-alpaca", "config_from": "meta-llama/Llama-3.1-8B"}
+            )
+        }
+    )
+    assert continued.prefetched
+    assert _download_calls(continued, tmp_path) == ["hf download --repo-type dataset tatsu-lab/alpaca"]
+    job = by_kind(render_children(*_first(continued), OWNER), "Job")[-1]
+    env = {e["name"]: e.get("value") for e in main_container(job)["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert _flags(main_container(job)["command"][2].split(" "))["--model"] == "/model-cache/exports/llama8b-alpaca"
+    assert spec.training is not None
+    local_data = continued.model_copy(update={"training": spec.training.model_copy(update={"data": "/model-cache/d"})})
+    assert not local_data.prefetched  # nothing left to download: no Job, no HF_HUB_OFFLINE
+    assert not [m for m in render_children(*_first(local_data), OWNER) if m["kind"] == "Job" and is_cache(m)]
+
+
 def test_a_model_at_a_path_is_served_from_the_volume_under_its_folders_name() -> None:
     plan, spec = CASES["inference_from_export"]
     assert spec.model.cache is not None and spec.model.cache.prefetch  # asked for, but a path is never downloaded:
-    assert not spec.model.prefetched  # the pods wait for no download Job
+    assert not spec.prefetched  # the pods wait for no download Job
     manifests = render_children(plan, spec, OWNER)
     assert [m["kind"] for m in manifests] == ["Service", "Deployment"]  # an existing claim, no download Job
     deployment = manifests[1]

@@ -188,12 +188,6 @@ class ModelSpec(_Model):
         with a slash)."""
         return self.name.startswith("/")
 
-    @property
-    def prefetched(self) -> bool:
-        """Whether a download Job fills the cache before the pods start: a cache with prefetch, for a Hub id
-        (a path is never downloaded)."""
-        return self.cache is not None and self.cache.prefetch and not self.is_path
-
 
 DEFAULT_SEQUENCE_LENGTH = 4096
 """spec.workload.sequenceLength when unset, or the model's max_position_embeddings when that is shorter."""
@@ -479,6 +473,20 @@ class ParallelDeploymentSpec(_Model):
     contradicts them is refused with the condition Planned=False, reason PodTemplateConflict."""
     plan_only: bool = Field(default=False, alias="planOnly")
     """Plan and report in status without creating any pod (previews, GitOps dry runs)."""
+
+    @property
+    def hub_dataset(self) -> str | None:
+        """A training resource's ``training.data`` when it names a Hugging Face dataset (a path is on a volume)."""
+        data = self.training.data if self.training and self.workload.type is WorkloadType.TRAINING else None
+        return None if data is None or data.startswith("/") else data
+
+    @property
+    def prefetched(self) -> bool:
+        """Whether a download Job fills the cache before the pods start: a cache with prefetch, and something
+        to download from the Hub (the model, unless it is a path; a training dataset)."""
+        cache = self.model.cache
+        wanted = not self.model.is_path or self.hub_dataset is not None
+        return cache is not None and cache.prefetch and wanted
 
 
 class ConditionStatus(StrEnum):

@@ -114,7 +114,7 @@ def _inventory(spec: ParallelDeploymentSpec, snapshot: Snapshot, uid: str) -> In
 
 def _cache_filled_since(spec: ParallelDeploymentSpec, plan: PlanStatus, snapshot: Snapshot, body: kopf.Body) -> bool:
     """The download Job completed and the plan's workloads do not exist yet: time to create them."""
-    if spec.plan_only or not spec.model.prefetched:
+    if spec.plan_only or not spec.prefetched:
         return False
     owner = _owner(body)
     has_workloads = any(c.plan_hash == plan.hash and c.component != COMPONENT_DOWNLOAD for c in snapshot.children)
@@ -180,7 +180,7 @@ def _of_the_plan(manifest: Mapping[str, Any]) -> bool:
 
 def _model_cached(spec: ParallelDeploymentSpec, owner: Owner, snapshot: Snapshot) -> bool:
     """Whether serving pods may start: no prefetch asked, or its download Job completed."""
-    if not spec.model.prefetched:
+    if not spec.prefetched:
         return True
     name = download_job_name(spec, owner)
     return any(c.kind == "Job" and c.name == name and c.complete for c in snapshot.children)

@@ -12,7 +12,7 @@ import json
 import shlex
 
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH
-from autoparallel.controller.models import AccessMode, ParallelDeploymentSpec, ServingSpec, WorkloadType
+from autoparallel.controller.models import AccessMode, ParallelDeploymentSpec, ServingSpec
 from autoparallel.controller.plan import Owner
 from autoparallel.controller.render.common import (
     CACHE_PATH,
@@ -42,18 +42,10 @@ def shared_by_one_node_only(spec: ParallelDeploymentSpec) -> bool:
     return AccessMode.READ_WRITE_MANY not in modes
 
 
-def hub_dataset(spec: ParallelDeploymentSpec) -> str | None:
-    """A training resource's ``training.data`` when it names a Hugging Face dataset (not a path on a volume)."""
-    if spec.workload.type is not WorkloadType.TRAINING or spec.training is None or spec.training.data is None:
-        return None
-    return None if spec.training.data.startswith("/") else spec.training.data
-
-
 def download_digest(spec: ParallelDeploymentSpec, owner: Owner) -> str:
     material = f"{spec.model.name}@{spec.model.revision or 'main'}->{claim_name(spec, owner)}"
-    dataset = hub_dataset(spec)
-    if dataset is not None:
-        material += f"+dataset:{dataset}"
+    if spec.hub_dataset is not None:
+        material += f"+dataset:{spec.hub_dataset}"
     return hashlib.sha256(material.encode()).hexdigest()[:10]
 
 
@@ -84,12 +76,23 @@ def render_cache_claim(spec: ParallelDeploymentSpec, owner: Owner) -> Manifest |
 
 
 def downloads(spec: ParallelDeploymentSpec) -> list[list[str]]:
-    """The ``hf`` command lines the Job runs: the model at its revision, then the training dataset if any."""
-    model = ["download", spec.model.name]
-    if spec.model.revision:
-        model += ["--revision", spec.model.revision]
-    dataset = hub_dataset(spec)
-    return [model] if dataset is None else [model, ["download", "--repo-type", "dataset", dataset]]
+    """The ``hf`` command lines the Job runs: the model at its revision (unless it is a path on a volume), then
+    the training dataset if it is on the Hub."""
+    commands = []
+    if not spec.model.is_path:
+        model = ["download", spec.model.name]
+        commands.append([*model, "--revision", spec.model.revision] if spec.model.revision else model)
+    if spec.hub_dataset is not None:
+        commands.append(["download", "--repo-type", "dataset", spec.hub_dataset])
+    return commands
+
+
+def download_subject(spec: ParallelDeploymentSpec) -> str:
+    """What the download Job fetches, for messages: ``model@revision``, ``dataset NAME`` or both."""
+    parts = [] if spec.model.is_path else [f"{spec.model.name}@{spec.model.revision or 'main'}"]
+    if spec.hub_dataset is not None:
+        parts.append(f"dataset {spec.hub_dataset}")
+    return " and ".join(parts)
 
 
 def download_argv(spec: ParallelDeploymentSpec) -> list[str]:
@@ -153,5 +156,5 @@ def render_download_job(spec: ParallelDeploymentSpec, owner: Owner) -> Manifest:
 def render_cache(spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:
     """The PVC the operator creates (``cache.size``) and the download Job (``cache.prefetch``), in that order."""
     claim = render_cache_claim(spec, owner)
-    job = render_download_job(spec, owner) if spec.model.prefetched else None
+    job = render_download_job(spec, owner) if spec.prefetched else None
     return [manifest for manifest in (claim, job) if manifest is not None]

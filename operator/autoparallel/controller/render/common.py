@@ -149,7 +149,7 @@ def cache_env(spec: ParallelDeploymentSpec) -> list[Manifest]:
     if spec.model.cache is None:
         return []
     variables = [{"name": "HF_HOME", "value": CACHE_PATH}]
-    if spec.model.prefetched:
+    if spec.prefetched:
         variables.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     return variables
 
