@@ -197,7 +197,7 @@ def test_crd_is_established_with_its_names(kube_cluster: KubeCluster, crd: clien
 def test_openapi_publishes_the_descriptions(kube_cluster: KubeCluster, crd: client.CustomObjectsApi) -> None:
     """What `kubectl explain pd.spec.model.name` reads."""
     published = published_descriptions(kube_cluster.api_client)
-    assert published["spec.model.name"].startswith("Hugging Face model id (e.g. meta-llama/Llama-3.1-70B).")
+    assert published["spec.model.name"].startswith("Hugging Face model id (e.g. meta-llama/Llama-3.1-70B), or an")
     assert published["spec.workload.type"].startswith("inference serves the model with vLLM")
     assert published == ours()
 
@@ -325,6 +325,14 @@ INVALID = [
         {"model": {"name": MODEL}, "serving": {"gpuMemoryUtilization": "0.0"}},
         ['spec.serving: Invalid value: "object": gpuMemoryUtilization must be a decimal in (0, 1], e.g. "0.90"'],
         id="gpu-memory-utilization-zero",
+    ),
+    pytest.param(
+        {"model": {"name": MODEL, "cache": {"claimName": "weights", "retain": True}}},
+        [
+            'spec.model.cache: Invalid value: "object": storageClassName, accessModes and retain apply to a cache '
+            "the operator creates (size)"
+        ],
+        id="retain-of-an-existing-claim",
     ),
     pytest.param(
         {"model": {"name": "/model-cache/exports/run"}},

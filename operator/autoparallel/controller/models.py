@@ -95,7 +95,7 @@ class CacheSpec(_Model):
                 {"rule": "has(self.claimName) != has(self.size)", "message": "cache takes claimName or size"},
                 {
                     "rule": "!has(self.claimName) || (!has(self.storageClassName) && !has(self.accessModes) "
-                    "&& !has(self.retain))",
+                    "&& !(has(self.retain) && self.retain))",
                     "message": "storageClassName, accessModes and retain apply to a cache the operator creates (size)",
                 },
             ]
