@@ -98,8 +98,11 @@ def test_operator_gpu_prices_steer_minimize_cost() -> None:
 def test_operator_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPARALLEL_RESYNC_SECONDS", "2.5")
     monkeypatch.setenv("AUTOPARALLEL_GPU_PRICES", '{"H100-80GB": 3}')
+    monkeypatch.setenv("AUTOPARALLEL_TRAINING_IMAGE", "registry.example.com/ml/autoparallel-training:0.1.0")
     config = OperatorConfig.from_env()
     assert config.resync_seconds == 2.5 and config.prices() == {"H100-80GB": 3.0}
+    assert config.training_image == "registry.example.com/ml/autoparallel-training:0.1.0"
+    assert OperatorConfig().training_image == "autoparallel-training:0.1.0"  # what the Dockerfile's build line names
     with pytest.raises(ValueError, match="gpu_prices"):
         OperatorConfig(gpu_prices='["H100"]').prices()
 
@@ -163,3 +166,95 @@ def test_the_pods_run_vllm_with_the_planned_max_num_seqs() -> None:
     assert ("--max-num-seqs" in vllm_argv(dense.plan, spec(model={"name": "meta-llama/Llama-3.1-8B-Instruct"}))) == (
         "--max-num-seqs" in dense.status.command
     )
+
+
+# --- a fine-tuned export: planned from its base model's config, trained outputs on a volume ----------------------
+
+
+EXPORT = "/model-cache/exports/llama8b-chat"
+
+
+def test_a_path_is_planned_with_the_shapes_of_config_from() -> None:
+    inventory = build_inventory(h100_nodes(1), [])
+    base = plan_deployment(spec(model={"name": "meta-llama/Llama-3.1-8B"}), inventory)
+    export = plan_deployment(
+        spec(model={"name": EXPORT, "configFrom": "meta-llama/Llama-3.1-8B", "cache": {"claimName": "weights"}}),
+        inventory,
+    )
+    assert isinstance(base, PlanResult) and isinstance(export, PlanResult)
+    assert export.plan.degrees == base.plan.degrees
+    assert export.status.memory_per_gpu == base.status.memory_per_gpu
+    assert export.status.command.startswith(f"vllm serve {EXPORT} ")  # the pods load the path, not the base
+    argv = vllm_argv(export.plan, spec(model={"name": EXPORT, "configFrom": "meta-llama/Llama-3.1-8B"}))
+    assert argv[2] == EXPORT and argv[argv.index("--served-model-name") + 1] == "llama8b-chat"
+
+
+def test_an_unknown_config_from_is_model_not_found_naming_the_field() -> None:
+    failure = plan_deployment(
+        spec(model={"name": EXPORT, "configFrom": "nobody/nothing-8b"}), build_inventory(h100_nodes(1), [])
+    )
+    assert isinstance(failure, PlanFailure) and failure.reason == "ModelNotFound"
+    assert failure.message.startswith("spec.model.configFrom: ")
+    unknown_name = plan_deployment(spec(model={"name": "nobody/nothing"}), build_inventory(h100_nodes(1), []))
+    assert isinstance(unknown_name, PlanFailure) and "spec.model.configFrom" in unknown_name.message  # the fix
+
+
+def _training(training: dict[str, object], pod_template: object = None, **model: object) -> ParallelDeploymentSpec:
+    return spec(
+        model={"name": "meta-llama/Llama-3.1-8B", **model},
+        workload={"type": "training", "sequenceLength": 2048, "batchSize": 16},
+        training=training,
+        **({"podTemplate": pod_template} if pod_template else {}),
+    )
+
+
+def _trainer_mount(mount: dict[str, object]) -> dict[str, object]:
+    return {
+        "spec": {
+            "volumes": [{"name": "out", "persistentVolumeClaim": {"claimName": "out"}}],
+            "containers": [{"name": "trainer", "volumeMounts": [{"name": "out", **mount}]}],
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (_training({"exportDir": "/exports/x"}), "exportDir"),
+        (_training({"exportDir": "/model-cache-2/x"}, cache={"claimName": "c"}), "exportDir"),
+        (_training({"exportDir": "/model-cache/../tmp/x"}, cache={"claimName": "c"}), "exportDir"),
+        (_training({"checkpointDir": "/ckpt/run"}), "checkpointDir"),
+        (
+            _training({"checkpointDir": "/out/ckpt"}, _trainer_mount({"mountPath": "/out", "readOnly": True})),
+            "checkpointDir",
+        ),
+        (_training({"exportDir": "/out/x"}, _trainer_mount({"mountPath": "/elsewhere"})), "exportDir"),
+    ],
+    ids=[
+        "no-volume",
+        "a-sibling-of-the-cache",
+        "out-of-the-cache",
+        "checkpoint-on-no-volume",
+        "read-only",
+        "elsewhere",
+    ],
+)
+def test_trained_outputs_on_no_writable_volume_are_invalid(body: ParallelDeploymentSpec, field: str) -> None:
+    failure = plan_deployment(body, build_inventory(h100_nodes(1), []))
+    assert isinstance(failure, PlanFailure) and failure.reason == "InvalidSpec"
+    assert failure.message.startswith(f"spec.training.{field}: ")
+    assert "spec.podTemplate" in failure.message  # the fix
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _training(
+            {"checkpointDir": "/model-cache/ckpt/x", "exportDir": "/model-cache/exports/x"}, cache={"size": "1Ti"}
+        ),
+        _training({"checkpointDir": "/out/ckpt", "exportDir": "/out"}, _trainer_mount({"mountPath": "/out"})),
+    ],
+    ids=["cache", "pod-template-mount"],
+)
+def test_trained_outputs_on_a_writable_volume_plan(body: ParallelDeploymentSpec) -> None:
+    assert isinstance(plan_deployment(body, build_inventory(h100_nodes(1), [])), PlanResult)

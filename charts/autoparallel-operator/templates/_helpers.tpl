@@ -39,13 +39,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{- define "autoparallel-operator.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag }}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{/* An image reference from {image: {repository, tag, digest}, appVersion}: by digest when one is set. */}}
+{{- define "autoparallel-operator.imageRef" -}}
+{{- $tag := default .appVersion .image.tag }}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- printf "%s:%s" .image.repository $tag }}
 {{- end }}
+{{- end }}
+
+{{- define "autoparallel-operator.image" -}}
+{{- include "autoparallel-operator.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The training pods' default image (the operator's --training-image). */}}
+{{- define "autoparallel-operator.trainingImage" -}}
+{{- include "autoparallel-operator.imageRef" (dict "image" .Values.trainingImage "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{/*

@@ -22,6 +22,7 @@ from autoparallel.controller.models import (
 )
 from autoparallel.controller.plan import ChosenPlan
 from autoparallel.controller.render.cache import shared_by_one_node_only
+from autoparallel.controller.render.common import CACHE_PATH, on_a_volume, writable_mounts
 from autoparallel.planner import analyze
 from autoparallel.planner.cluster import NodePool
 from autoparallel.planner.errors import (
@@ -31,7 +32,8 @@ from autoparallel.planner.errors import (
     ModelNotFoundError,
 )
 from autoparallel.planner.inference import Degrees
-from autoparallel.planner.resolve import resolve_model
+from autoparallel.planner.options import ModelRef
+from autoparallel.planner.resolve import resolve_as, resolve_model
 from autoparallel.planner.units import GIB, human_bytes, to_gib
 
 CANDIDATES = 4
@@ -185,6 +187,34 @@ def _scaling_bounds(
     )
 
 
+def planned_model(spec: ParallelDeploymentSpec) -> ModelRef:
+    """What the planner resolves: the inline config, or configFrom's architecture, under the name the pods load
+    (a path, for a fine-tuned export); else the name itself."""
+    if spec.model.config:
+        return {**spec.model.config, "_name_or_path": spec.model.name}
+    if spec.model.config_from:
+        return resolve_as(spec.model.name, spec.model.config_from)
+    return spec.model.name
+
+
+def _outputs_off_volumes(spec: ParallelDeploymentSpec) -> PlanFailure | None:
+    """A checkpoint or export directory on no writable volume of the trainer would be lost with its pod."""
+    if spec.training is None:
+        return None
+    mounts = writable_mounts(spec, "trainer")
+    outputs = {"checkpointDir": spec.training.checkpoint_dir, "exportDir": spec.training.export_dir}
+    for field, path in outputs.items():
+        if path is not None and not on_a_volume(path, mounts):
+            where = f"under {', '.join(mounts)}" if mounts else f"add spec.model.cache (mounted at {CACHE_PATH})"
+            return PlanFailure(
+                "InvalidSpec",
+                f"spec.training.{field}: {path} is on no writable volume of the trainer container, so it would "
+                f"vanish with the pods: put it {where}, or mount a volume there with spec.podTemplate "
+                "(volumes, and volumeMounts of the trainer container)",
+            )
+    return None
+
+
 def plan_deployment(
     spec: ParallelDeploymentSpec,
     inventory: Inventory,
@@ -193,6 +223,9 @@ def plan_deployment(
 ) -> PlanResult | PlanFailure:
     """Plan ``spec`` on ``inventory`` (``prices``: USD per GPU-hour overrides), past the plans vLLM ran out of
     memory on (``failed``); never raises for bad input, it returns the failure instead."""
+    off_volumes = _outputs_off_volumes(spec)
+    if off_volumes is not None:
+        return off_volumes
     if not inventory.pools:
         skipped = f" ({'; '.join(inventory.skipped)})" if inventory.skipped else ""
         return PlanFailure(
@@ -200,8 +233,8 @@ def plan_deployment(
             f"no schedulable node offers {spec.placement.gpu_resource} matching spec.placement.nodeSelector "
             f"{spec.placement.node_selector or '{}'}{skipped}; add GPU nodes or relax the selector",
         )
-    model: Any = {**spec.model.config, "_name_or_path": spec.model.name} if spec.model.config else spec.model.name
     try:
+        model = planned_model(spec)
         sequence_length = spec.workload.sequence_length or min(
             DEFAULT_SEQUENCE_LENGTH, resolve_model(model).shape.max_position_embeddings
         )
@@ -215,7 +248,13 @@ def plan_deployment(
             **({"prices": dict(prices)} if prices else {}),
         )
     except ModelNotFoundError as error:
-        return PlanFailure("ModelNotFound", f"spec.model.name: {error}; or give spec.model.config inline")
+        if spec.model.config_from:
+            return PlanFailure("ModelNotFound", f"spec.model.configFrom: {error}")
+        return PlanFailure(
+            "ModelNotFound",
+            f"spec.model.name: {error}; or give spec.model.config inline, or spec.model.configFrom (a model of the "
+            "same architecture)",
+        )
     except InsufficientMemoryError as error:
         if not error.gpus_needed:
             return PlanFailure("InsufficientMemory", str(error))

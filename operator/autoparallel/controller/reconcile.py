@@ -47,7 +47,7 @@ from autoparallel.controller.plan import Owner
 from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
 from autoparallel.controller.render import LABEL_COMPONENT, render_children, render_integrations
 from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD, download_job_name
-from autoparallel.controller.render.common import prefetched, tolerations
+from autoparallel.controller.render.common import tolerations
 from autoparallel.controller.render.overrides import PodTemplateConflict
 from autoparallel.controller.reservations import Ledger, reservation_for
 from autoparallel.controller.status import PLANNED, ChildReadiness, get_condition, now, status_body
@@ -55,7 +55,9 @@ from autoparallel.planner.search import placement
 
 REPLACE_RETRY_SECONDS = 2
 
-PRICES = OperatorConfig.from_env().prices()
+CONFIG = OperatorConfig.from_env()
+"""This operator's settings (flags of ``autoparallel operator run``, or ``AUTOPARALLEL_*`` variables)."""
+PRICES = CONFIG.prices()
 """GPU price overrides of this operator (``--gpu-prices`` / ``AUTOPARALLEL_GPU_PRICES``)."""
 LEDGER = Ledger()
 """This operator's planning decisions not yet visible in the resources' status (see :mod:`reservations`)."""
@@ -112,7 +114,7 @@ def _inventory(spec: ParallelDeploymentSpec, snapshot: Snapshot, uid: str) -> In
 
 def _cache_filled_since(spec: ParallelDeploymentSpec, plan: PlanStatus, snapshot: Snapshot, body: kopf.Body) -> bool:
     """The download Job completed and the plan's workloads do not exist yet: time to create them."""
-    if spec.plan_only or not prefetched(spec):
+    if spec.plan_only or not spec.prefetched:
         return False
     owner = _owner(body)
     has_workloads = any(c.plan_hash == plan.hash and c.component != COMPONENT_DOWNLOAD for c in snapshot.children)
@@ -178,7 +180,7 @@ def _of_the_plan(manifest: Mapping[str, Any]) -> bool:
 
 def _model_cached(spec: ParallelDeploymentSpec, owner: Owner, snapshot: Snapshot) -> bool:
     """Whether serving pods may start: no prefetch asked, or its download Job completed."""
-    if not prefetched(spec):
+    if not spec.prefetched:
         return True
     name = download_job_name(spec, owner)
     return any(c.kind == "Job" and c.name == name and c.complete for c in snapshot.children)
@@ -215,7 +217,7 @@ def _render(
         return []
     try:
         cached = _model_cached(spec, owner, snapshot)
-        return render_children(result.plan, spec, owner, cached, snapshot.served)
+        return render_children(result.plan, spec, owner, cached, snapshot.served, CONFIG.training_image)
     except PodTemplateConflict as conflict:
         return PlanFailure("PodTemplateConflict", str(conflict))
 

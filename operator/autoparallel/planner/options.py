@@ -25,7 +25,8 @@ from autoparallel.planner.resolve import ResolvedModel, resolve_model
 from autoparallel.planner.search import OBJECTIVES, WORKLOADS, Request
 from autoparallel.planner.training import RECOMPUTE_MODES, TrainingSettings
 
-ModelRef = str | Path | Mapping[str, Any]
+ModelRef = str | Path | Mapping[str, Any] | ResolvedModel
+"""A model id, a path to a config.json, an inline config dict, or a model resolved already."""
 
 _OPTION_DEFAULTS: dict[str, Any] = {
     "gpu_memory_utilization": 0.90,

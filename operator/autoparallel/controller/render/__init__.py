@@ -8,6 +8,7 @@ find children to prune) and the ``autoparallel.io/plan-hash`` annotation.
 
 from __future__ import annotations
 
+from autoparallel.controller.config import DEFAULT_TRAINING_IMAGE
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH
 from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
 from autoparallel.controller.plan import ChosenPlan, Owner
@@ -63,17 +64,19 @@ def render_children(
     owner: Owner,
     model_cached: bool = True,
     served: frozenset[str] = frozenset(),
+    training_image: str = DEFAULT_TRAINING_IMAGE,
 ) -> list[Manifest]:
     """Every child of the ParallelDeployment: the weight cache first, then Services before the workloads that
     resolve them, then the children of the optional integrations whose CRDs are ``served``. Until the download
-    Job has filled the cache (``model_cached`` False), only the cache. Raises ``PodTemplateConflict`` when
+    Job has filled the cache (``model_cached`` False), only the cache. Training pods without spec.training.image
+    run ``training_image`` (the operator's --training-image). Raises ``PodTemplateConflict`` when
     spec.podTemplate contradicts the plan."""
     check_containers(spec)
     cache = render_cache(spec, owner)
     if not model_cached:
         return cache
     integrations = render_integrations(spec, owner, plan.plan_hash, plan.nodes_per_replica, plan.max_replicas, served)
-    return [*cache, *_workloads(plan, spec, owner), *integrations]
+    return [*cache, *_workloads(plan, spec, owner, training_image), *integrations]
 
 
 def render_integrations(
@@ -93,9 +96,9 @@ def render_integrations(
     ]
 
 
-def _workloads(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:
+def _workloads(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner, training_image: str) -> list[Manifest]:
     if spec.workload.type is WorkloadType.TRAINING:
-        return [render_training_service(plan, spec, owner), render_training_job(plan, spec, owner)]
+        return [render_training_service(plan, spec, owner), render_training_job(plan, spec, owner, training_image)]
     if plan.nodes_per_replica == 1:
         return [render_inference_service(plan, spec, owner), render_inference_deployment(plan, spec, owner)]
     groups: list[Manifest] = [render_inference_service(plan, spec, owner)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import shlex
+from pathlib import PurePosixPath
 
 from autoparallel.controller.models import DType, ParallelDeploymentSpec, ServingSpec
 from autoparallel.controller.plan import ChosenPlan, Owner
@@ -68,8 +69,18 @@ def serve_options(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> ServeOption
         kv_cache_dtype=serving.kv_cache_dtype.value,
         port=serving.port,
         revision=spec.model.revision,
+        served_model_name=served_model_name(spec),
         max_num_seqs=plan.max_num_seqs,
     )
+
+
+def served_model_name(spec: ParallelDeploymentSpec) -> str | None:
+    """For a model at a path, the folder's name (``/model-cache/exports/llama8b-chat`` → ``llama8b-chat``), which
+    clients request instead of the path; a Hugging Face id is served under its own name. ``serving.args`` may
+    give another ``--served-model-name`` (the later flag wins)."""
+    if not spec.model.is_path:
+        return None
+    return PurePosixPath(spec.model.name).name or None
 
 
 def vllm_argv(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> list[str]:
