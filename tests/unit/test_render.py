@@ -656,7 +656,7 @@ def test_training_script_expands_the_rendezvous_variables(fake_bin: Path) -> Non
         "torchrun --nnodes=2 --nproc-per-node=8 --node-rank=1 --master-addr=llama-0.llama --master-port=29500 "
         "-m autoparallel.parallel.train --tensor-parallel 2 --pipeline-parallel 2 --data-parallel 4 "
     )
-    assert call.endswith("--micro-batches 8 --steps 1000 --log-every 10")
+    assert call.endswith("--micro-batches 8 --steps 1000 --precision bf16 --log-every 10")
 
 
 def test_training_user_command_replaces_the_runtime(fake_bin: Path) -> None:

@@ -217,6 +217,28 @@ def test_text_datasets_load_and_tokenize(checkpoint_dir: Path, tmp_path: Path, k
     assert corpus.lengths.tolist() == [len(ids) for ids in expected]
 
 
+def test_a_dataset_id_loads_offline_from_the_hugging_face_cache(
+    checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the operator's download Job puts a dataset (``hf download --repo-type dataset``): the hub cache's
+    ``datasets--org--name`` snapshot, read with the Hub unreachable."""
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hub"
+    snapshot = hub / "datasets--acme--docs" / "snapshots" / ("0" * 40)
+    (snapshot / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict({"text": DOCUMENTS}).to_parquet(str(snapshot / "data" / "train.parquet"))
+    (hub / "datasets--acme--docs" / "refs").mkdir()
+    (hub / "datasets--acme--docs" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    corpus = load_corpus("acme/docs", "text", str(checkpoint_dir), VOCAB_SIZE)
+    assert len(corpus.lengths) == len(DOCUMENTS)
+    with pytest.raises(ConfigError, match="--data acme/absent: cannot be read"):
+        load_corpus("acme/absent", "text", str(checkpoint_dir), VOCAB_SIZE)
+
+
 def test_messages_go_through_the_chat_template(checkpoint_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -23,6 +23,7 @@ from autoparallel.controller.models import (
 from autoparallel.controller.plan import ChosenPlan
 from autoparallel.controller.render.cache import shared_by_one_node_only
 from autoparallel.controller.render.common import CACHE_PATH, on_a_volume, writable_mounts
+from autoparallel.controller.render.training import training_command
 from autoparallel.planner import analyze
 from autoparallel.planner.cluster import NodePool
 from autoparallel.planner.errors import (
@@ -324,7 +325,8 @@ def plan_deployment(
         kv_cache_tokens=best["kv_cache_tokens"],
         max_concurrency=best["max_concurrent_sequences"],
         sequence_length=sequence_length,
-        command=best["deployment_command"],
+        # a training pod's command carries the spec's runtime flags (data, export, steps) the planner never sees
+        command=training_command(chosen, spec) if spec.workload.type == WorkloadType.TRAINING else best["deployment_command"],
         reason=f"{best['reason']}{scaling[1] if scaling else ''}",
         hash=digest,
     )

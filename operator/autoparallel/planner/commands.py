@@ -83,6 +83,9 @@ class TrainOptions:
     global_batch_size: int
     micro_batches: int
     steps: int = 1000
+    precision: str = "bf16"
+    """The planner's training memory model is bf16 mixed precision (bf16 weights and activations, fp32 gradients,
+    masters and Adam states): the runtime's ``--precision bf16``, whose own default is fp32."""
     init: str | None = None
     """``pretrained`` or ``random``."""
     data: str | None = None
@@ -144,6 +147,8 @@ def torchrun_args(degrees: Degrees, options: TrainOptions, nodes: int, gpus_per_
         str(options.micro_batches),
         "--steps",
         str(options.steps),
+        "--precision",
+        options.precision,
         *options.optional_args(),
     ]
 

@@ -64,6 +64,11 @@ def master_address(owner: Owner) -> str:
 
 
 def training_script(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> str:
+    """The pods' shell script: ``exec`` :func:`training_command`."""
+    return "exec " + training_command(plan, spec)
+
+
+def training_command(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> str:
     """torchrun launching ``python -m autoparallel.parallel.train`` with the planned degrees, or the user's
     ``training.command``, then ``training.args``.
 
@@ -90,7 +95,7 @@ def training_script(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> str:
             export_every=training.export_every,
         )
         argv = torchrun_args(plan.degrees, options, pods, plan.gpus_per_pod)
-    return "exec " + join([*argv, *training.args])
+    return join([*argv, *training.args])
 
 
 def training_env(plan: ChosenPlan, owner: Owner) -> list[Manifest]:

@@ -91,6 +91,19 @@ def load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
+def cached_dataset(data: str) -> str:
+    """A dataset id's snapshot folder in the local Hugging Face cache (where the operator's download Job puts it;
+    ``datasets.load_dataset(id)`` itself needs the Hub, even offline), else ``data`` unchanged."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder: str = snapshot_download(repo_id=data, repo_type="dataset", local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError):
+        return data
+    return folder
+
+
 def load_rows(data: str) -> Any:
     """The ``train`` split (or the only one) of ``data`` as a ``datasets.Dataset``."""
     import datasets
@@ -104,7 +117,7 @@ def load_rows(data: str) -> Any:
         elif path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES):
             loaded = datasets.load_from_disk(str(path))
         else:
-            loaded = datasets.load_dataset(data)
+            loaded = datasets.load_dataset(cached_dataset(data))
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
         fix = (
             f"give a {', '.join(sorted(set(BUILDERS.values())))} file, or a folder of them"
