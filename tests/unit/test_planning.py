@@ -7,6 +7,8 @@ from autoparallel.controller.inventory import NodeGPUs, build_inventory
 from autoparallel.controller.models import ParallelDeploymentSpec
 from autoparallel.controller.planning import PlanFailure, PlanResult, plan_deployment, planner_options
 from autoparallel.controller.render.inference import vllm_argv
+from autoparallel.planner.resolve import resolve_model
+from autoparallel.planner.training import TrainingSettings, estimate_training
 
 H100 = (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)
 
@@ -258,3 +260,22 @@ def test_trained_outputs_on_no_writable_volume_are_invalid(body: ParallelDeploym
 )
 def test_trained_outputs_on_a_writable_volume_plan(body: ParallelDeploymentSpec) -> None:
     assert isinstance(plan_deployment(body, build_inventory(h100_nodes(1), [])), PlanResult)
+
+
+def test_a_data_parallel_training_plan_counts_what_fsdp2_gathers() -> None:
+    body = spec(
+        model={"name": "meta-llama/Meta-Llama-3.1-8B"},
+        workload={"type": "training", "sequenceLength": 4096, "batchSize": 64},
+        objective="maximize_batch",
+    )
+    result = plan_deployment(body, build_inventory(h100_nodes(2), []))
+    assert isinstance(result, PlanResult) and result.plan.degrees.data > 1
+    degrees = result.plan.degrees
+    settings = TrainingSettings(num_micro_batches=64 // degrees.data)
+    planned = estimate_training(resolve_model("meta-llama/Meta-Llama-3.1-8B").shape, degrees, settings, 4096)
+    assert planned.gathered > 0
+    memory = result.status.memory_per_gpu
+    folded = planned.overhead + planned.gradients + planned.optimizer_states + planned.gathered
+    assert abs(memory.overhead - folded) < 32 * 2**20  # each part rounded to 0.01 GiB
+    parts = memory.weights + memory.kv_cache + memory.activations + memory.overhead
+    assert abs(memory.total - parts) < 32 * 2**20

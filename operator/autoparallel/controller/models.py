@@ -522,7 +522,8 @@ class MemoryPerGPU(_Model):
     activations: int
     """Peak activations."""
     overhead: int
-    """CUDA context, NCCL buffers and CUDA graphs (training: also gradients and optimizer states)."""
+    """CUDA context, NCCL buffers and CUDA graphs (training: also gradients, optimizer states and FSDP2's gathered
+    working set)."""
     total: int
     """Sum of the above."""
     capacity: int | None = None

@@ -98,7 +98,9 @@ def inventory_status(inventory: Inventory) -> list[PoolInventory]:
 
 def _memory(config: dict[str, Any], gpu_memory_gib: float) -> MemoryPerGPU:
     breakdown = {k: int(v * GIB) for k, v in config["memory_breakdown"].items()}
-    overhead = breakdown["framework_overhead"] + breakdown.get("gradients", 0) + breakdown.get("optimizer_states", 0)
+    overhead = breakdown["framework_overhead"] + sum(
+        breakdown.get(part, 0) for part in ("gradients", "optimizer_states", "gathered")
+    )
     total = breakdown["total"]
     human = (
         f"{human_bytes(total)} of {gpu_memory_gib:.1f} GiB (weights {human_bytes(breakdown['weights'])}, "
