@@ -328,7 +328,9 @@ def plan_deployment(
         max_concurrency=best["max_concurrent_sequences"],
         sequence_length=sequence_length,
         # a training pod's command carries the spec's runtime flags (data, export, steps) the planner never sees
-        command=training_command(chosen, spec) if spec.workload.type == WorkloadType.TRAINING else best["deployment_command"],
+        command=training_command(chosen, spec)
+        if spec.workload.type == WorkloadType.TRAINING
+        else best["deployment_command"],
         reason=f"{best['reason']}{scaling[1] if scaling else ''}",
         hash=digest,
     )

@@ -132,16 +132,13 @@ def fsdp_gathered_bytes(params: StageParams, settings: TrainingSettings, pipelin
     """Peak bytes FSDP2 holds beyond its shards on one rank: w and g bytes per compute and gradient element,
     R the root unit, H its head, L the largest layer, P all the rank's parameters (``params``).
 
-    - One micro-batch, no pipeline: the largest of three moments. A layer's backward: the root's gathered
+    - No pipeline: the largest of three moments. A layer's backward: the root's gathered
       weights (the root is not resharded after forward) and its head's gradients, this layer's and the
       prefetched previous layer's weights, this layer's gradients, and the next layer's fp32 reduce-scatter
       input still in flight — w·(R + H) + 3w·L + g·L. The root's own backward: its weights and gradients and the
       last layer's reduce-scatter input — 2w·R + g·L. The root's reduce-scatter: its gradients and their fp32
       copy — (w + g)·R.
-    - Gradient accumulation (the runtime calls ``set_requires_gradient_sync(False)`` for all but the last
-      micro-batch): every unsharded gradient stays, in fp32, until the last backward — g·P, plus the larger of
-      the next forward (the root's weights and its all-gather buffer, a layer's all-gather buffer: 2w·R + w·L)
-      and the first reduce-scatter (the root's weights, the prefetched layer, the fp32 input: w·R + w·L + g·L).
+    - More micro-batches change nothing: the runtime reduce-scatters after each one into the sharded gradients.
     - Pipeline stages: ``torch.distributed.pipelining`` runs every backward without reduce-scatter or reshard
       and reduces once at the end, so every weight stays gathered and every gradient unreduced — (w + g)·P —
       plus one layer's communication buffer, w·L.
@@ -150,8 +147,6 @@ def fsdp_gathered_bytes(params: StageParams, settings: TrainingSettings, pipelin
     root, head, layer, total = params.root, params.head, params.largest_layer, params.total
     if pipelined:
         return (w + g) * total + w * layer
-    if settings.num_micro_batches > 1:
-        return g * total + max(2 * w * root + w * layer, w * root + w * layer + g * layer)
     return max(w * (root + head) + 3 * w * layer + g * layer, 2 * w * root + g * layer, (w + g) * root)
 
 

@@ -40,9 +40,11 @@ def measure(layout: dict[str, int]) -> dict[str, Any]:
     inputs, targets = (
         torch.randint(0, layout["vocab_size"], (rows, config.seq_len), generator=generator) for _ in "io"
     )
+    positions = torch.arange(config.seq_len).expand(rows, -1)
+    count = config.global_batch_size * config.seq_len  # random tokens: every target counts
     meter = GatheredMeter(trainer.model, config.data_parallel)
     with meter:
-        trainer.forward_backward(Batch(inputs=inputs, targets=targets))
+        trainer.forward_backward(Batch(inputs, targets, positions, count))
     trainer.optimizer.collect_gradients()
     report: dict[str, Any] = {
         "layout": layout,
@@ -53,10 +55,11 @@ def measure(layout: dict[str, int]) -> dict[str, Any]:
     }
     trainer.optimizer.step()
     if config.pipeline_parallel == 1:
-        micro_inputs, micro_targets = inputs[: layout["micro_batch_size"]], targets[: layout["micro_batch_size"]]
+        micro = layout["micro_batch_size"]
+        micro_inputs, micro_targets, micro_positions = inputs[:micro], targets[:micro], positions[:micro]
         model = trainer.model
         report["activations"] = saved_activation_bytes(
-            model, lambda: causal_lm_loss(model(micro_inputs), micro_targets)
+            model, lambda: causal_lm_loss(model(micro_inputs, micro_positions), micro_targets, micro * config.seq_len)
         )
     return report
 

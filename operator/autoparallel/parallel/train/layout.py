@@ -107,7 +107,7 @@ def apply_data_parallel(model: nn.Module, dp_mesh: DeviceMesh, precision: str) -
     each block, then the root, on ``dp_mesh`` after :func:`apply_tensor_parallel` (a TP shard is sharded again
     over the DP ranks: a 2-D DTensor). Parameters, gradients and optimizer states are split over the DP ranks
     (ZeRO stage 3); each block's weights are all-gathered for its forward and backward, and gradients are
-    reduce-scattered once per optimizer step, summed, not averaged: each replica's loss is already divided by
+    reduce-scattered after each micro-batch, summed, not averaged: each replica's loss is already divided by
     the global batch's target count (``loop.causal_lm_loss``), as torchtitan does. Under ``bf16`` the sharded
     parameters stay fp32 (the masters) and compute runs in bf16, gradients reduced in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
