@@ -373,6 +373,8 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
         "scaling applies to inference",
         "scaling sets the replicas: remove parallelism.data (minReplicas is the planned degree)",
         "parallelism.expert applies to inference",
+        "placement.topologyKey places replicas through LeaderWorkerSet's exclusive topology: use "
+        "serving.multiNodeBackend auto or leaderWorkerSet, or remove topologyKey",
         "quantization quantizes an unquantized checkpoint at load time, weightFormat plans for a checkpoint stored "
         "quantized: give one",
         "cache takes claimName or size",
