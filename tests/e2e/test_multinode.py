@@ -18,6 +18,18 @@ from .third_party import served
 NAME = "llama405b"
 LWS_NAME = f"{NAME}-lws"
 GROUP = ("leaderworkerset.x-k8s.io", "v1")
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+
+
+@pytest.fixture(autouse=True)
+def lws_installed(kube_cluster: KubeCluster) -> None:
+    """The local control plane runs the LeaderWorkerSet controller; another cluster must too (never skipped)."""
+    if served(kube_cluster, LWS_CRD) is None:
+        pytest.fail(
+            f"{kube_cluster.kubeconfig}: the API server does not serve {LWS_CRD}; these tests need the LeaderWorkerSet "
+            "controller, which hack/cluster-up.sh runs (docs/local-cluster.md)",
+            pytrace=False,
+        )
 
 
 def _pods(kube_cluster: KubeCluster, namespace: str, selector: str) -> dict[str, Any]:
