@@ -96,16 +96,21 @@ def test_moe_example_plans_on_a100(operator: Operator, kube_cluster: KubeCluster
 def test_multinode_example_spans_nodes_with_ray(
     operator: Operator, kube_cluster: KubeCluster, pd_namespace: str
 ) -> None:
+    """On the local control plane LeaderWorkerSet is installed: the example's replica is one LWS group
+    (tests/e2e/test_multinode.py runs both backends)."""
     create(kube_cluster, pd_namespace, example("multinode-405b.yaml"))
     pd = wait_condition(kube_cluster, pd_namespace, "llama405b", "Ready", "True", timeout=120)
     plan = pd["status"]["plan"]
     assert plan["nodesPerReplica"] > 1 and plan["tensor"] == 8
+    assert plan["multiNodeBackend"] == "leaderWorkerSet"
     kids = children(kube_cluster, pd_namespace, pd["metadata"]["uid"])
-    assert len(kids["StatefulSet"]) == plan["data"]
-    statefulset = kids["StatefulSet"][0]
-    assert statefulset.spec.replicas == plan["nodesPerReplica"]
-    assert _gpu_request(statefulset.spec.template) == 8
-    script = " ".join(_container_argv(statefulset.spec.template))
+    assert not kids["StatefulSet"]
+    [lws] = kids["LeaderWorkerSet"]
+    groups = lws["spec"]["leaderWorkerTemplate"]
+    assert (lws["spec"]["replicas"], groups["size"]) == (plan["data"], plan["nodesPerReplica"])
+    leader = groups["leaderTemplate"]["spec"]["containers"][0]
+    assert leader["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    script = " ".join(leader["command"])
     assert "--distributed-executor-backend ray" in script and "ray start --head" in script
     assert len([p for p in kids["Pod"] if p.status.phase == "Running"]) == plan["nodesPerReplica"] * plan["data"]
 

@@ -227,6 +227,7 @@ def test_minimal_object_is_accepted_and_defaulted_like_the_models(crd: client.Cu
                 "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                 "gpuResource": "nvidia.com/gpu",
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "topologyKey": "cloud.google.com/gke-nodepool",
             },
             "serving": {
                 "args": ["--enforce-eager"],
@@ -234,6 +235,7 @@ def test_minimal_object_is_accepted_and_defaulted_like_the_models(crd: client.Cu
                 "gpuMemoryUtilization": ".95",
                 "kvCacheDtype": "fp8",
                 "port": 8080,
+                "multiNodeBackend": "leaderWorkerSet",
             },
             "planOnly": True,
         },
@@ -307,6 +309,23 @@ INVALID = [
         {"model": {"name": MODEL}, "workload": {"type": "training"}, "parallelism": {"expert": 2}},
         ['spec: Invalid value: "object": parallelism.expert applies to inference'],
         id="expert-with-training",
+    ),
+    pytest.param(
+        {
+            "model": {"name": MODEL},
+            "placement": {"topologyKey": "rack"},
+            "serving": {"multiNodeBackend": "statefulSet"},
+        },
+        [
+            'spec: Invalid value: "object": placement.topologyKey places replicas through LeaderWorkerSet\'s '
+            "exclusive topology: use serving.multiNodeBackend auto or leaderWorkerSet, or remove topologyKey"
+        ],
+        id="topology-key-with-statefulsets",
+    ),
+    pytest.param(
+        {"model": {"name": MODEL}, "serving": {"multiNodeBackend": "ray"}},
+        ['spec.serving.multiNodeBackend: Unsupported value: "ray"'],
+        id="multi-node-backend-not-in-enum",
     ),
     pytest.param(
         {"model": {"name": MODEL}, "parallelism": {"tensor": 4, "pipeline": 2, "maxGPUs": 4}},

@@ -381,6 +381,8 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
         "scaling applies to inference",
         "scaling sets the replicas: remove parallelism.data (minReplicas is the planned degree)",
         "parallelism.expert applies to inference",
+        "placement.topologyKey places replicas through LeaderWorkerSet's exclusive topology: use "
+        "serving.multiNodeBackend auto or leaderWorkerSet, or remove topologyKey",
         "quantization quantizes an unquantized checkpoint at load time, weightFormat plans for a checkpoint stored "
         "quantized: give one",
         "name is a path the operator cannot read: set configFrom to the model the checkpoint was trained from (e.g. "

@@ -4,8 +4,15 @@ import pytest
 
 from autoparallel.controller.config import OperatorConfig
 from autoparallel.controller.inventory import NodeGPUs, build_inventory
-from autoparallel.controller.models import ParallelDeploymentSpec
-from autoparallel.controller.planning import PlanFailure, PlanResult, plan_deployment, planner_options
+from autoparallel.controller.models import MultiNodeBackend, ParallelDeploymentSpec
+from autoparallel.controller.planning import (
+    PlanFailure,
+    PlanResult,
+    backend_changed,
+    plan_deployment,
+    plan_hash,
+    planner_options,
+)
 from autoparallel.controller.render.inference import vllm_argv
 from autoparallel.planner.resolve import resolve_model
 from autoparallel.planner.training import TrainingSettings, estimate_training
@@ -279,3 +286,66 @@ def test_a_data_parallel_training_plan_counts_what_fsdp2_gathers() -> None:
     assert abs(memory.overhead - folded) < 32 * 2**20  # each part rounded to 0.01 GiB
     parts = memory.weights + memory.kv_cache + memory.activations + memory.overhead
     assert abs(memory.total - parts) < 32 * 2**20
+
+
+LWS = frozenset({"leaderworkersets.leaderworkerset.x-k8s.io"})
+LLAMA_405B = {"name": "meta-llama/Llama-3.1-405B"}
+
+
+def test_multi_node_replicas_run_on_a_leader_worker_set_when_its_crd_is_served() -> None:
+    inventory = build_inventory(h100_nodes(2), [])
+    without = plan_deployment(spec(model=LLAMA_405B), inventory)
+    served = plan_deployment(spec(model=LLAMA_405B), inventory, served=LWS)
+    pinned = plan_deployment(spec(model=LLAMA_405B, serving={"multiNodeBackend": "statefulSet"}), inventory, served=LWS)
+    assert isinstance(without, PlanResult) and isinstance(served, PlanResult) and isinstance(pinned, PlanResult)
+    assert without.status.nodes_per_replica == 2
+    assert without.plan.multi_node_backend == without.status.multi_node_backend == MultiNodeBackend.STATEFUL_SET
+    assert served.plan.multi_node_backend == served.status.multi_node_backend == MultiNodeBackend.LEADER_WORKER_SET
+    assert pinned.status.multi_node_backend == MultiNodeBackend.STATEFUL_SET
+    # Another backend is another set of children: another hash (StatefulSet plans keep the one they always had).
+    assert without.plan.plan_hash != served.plan.plan_hash
+    keys = ("tensor_parallel", "pipeline_parallel", "expert_parallel", "data_parallel", "nodes_per_replica")
+    config = {**dict.fromkeys(keys, 2), "pool": "H100-80GB", "gpus_per_replica": 16}
+    body = spec(model=LLAMA_405B)
+    assert plan_hash(body, config, MultiNodeBackend.STATEFUL_SET) == plan_hash(body, config)
+    assert plan_hash(body, config, MultiNodeBackend.LEADER_WORKER_SET) != plan_hash(body, config)
+    single = plan_deployment(spec(serving={"multiNodeBackend": "leaderWorkerSet"}), inventory)
+    assert isinstance(single, PlanResult) and single.status.multi_node_backend is None  # a Deployment either way
+
+
+def test_asking_for_a_leader_worker_set_that_is_not_installed_names_the_fix() -> None:
+    inventory = build_inventory(h100_nodes(2), [])
+    asked = plan_deployment(spec(model=LLAMA_405B, serving={"multiNodeBackend": "leaderWorkerSet"}), inventory)
+    assert isinstance(asked, PlanFailure) and asked.reason == "LeaderWorkerSetNotInstalled"
+    assert "leaderworkersets.leaderworkerset.x-k8s.io" in asked.message
+    assert "install LeaderWorkerSet" in asked.message and "multiNodeBackend to statefulSet" in asked.message
+    placed = plan_deployment(spec(model=LLAMA_405B, placement={"topologyKey": "rack"}), inventory)
+    assert isinstance(placed, PlanFailure) and placed.reason == "LeaderWorkerSetNotInstalled"
+    assert "spec.placement.topologyKey rack" in placed.message and "remove spec.placement.topologyKey" in placed.message
+    installed = plan_deployment(spec(model=LLAMA_405B, placement={"topologyKey": "rack"}), inventory, served=LWS)
+    assert isinstance(installed, PlanResult)
+
+
+def test_multi_node_replicas_autoscale_in_whole_groups_on_a_leader_worker_set_only() -> None:
+    scaled = spec(model=LLAMA_405B, scaling={"minReplicas": 1, "maxReplicas": 5})
+    four_nodes = build_inventory(h100_nodes(4), [])
+    result = plan_deployment(scaled, four_nodes, served=LWS)
+    assert isinstance(result, PlanResult) and result.status.nodes_per_replica == 2
+    assert result.status.max_replicas == 2  # 4 nodes, 2 per replica
+    assert "maxReplicas 5 is capped at 2" in result.status.reason and "2 node(s) per replica" in result.status.reason
+    refused = plan_deployment(scaled, four_nodes)
+    assert isinstance(refused, PlanFailure) and refused.reason == "InvalidSpec"
+    assert "spec.scaling" in refused.message and "LeaderWorkerSet" in refused.message
+
+
+def test_a_plan_is_made_again_when_its_backend_is_no_longer_what_the_spec_resolves_to() -> None:
+    inventory = build_inventory(h100_nodes(2), [])
+    on_lws = plan_deployment(spec(model=LLAMA_405B), inventory, served=LWS)
+    assert isinstance(on_lws, PlanResult)
+    assert not backend_changed(spec(model=LLAMA_405B), on_lws.status, LWS)
+    assert backend_changed(spec(model=LLAMA_405B), on_lws.status, frozenset())  # LWS uninstalled
+    assert backend_changed(spec(model=LLAMA_405B, serving={"multiNodeBackend": "statefulSet"}), on_lws.status, LWS)
+    older = on_lws.status.model_copy(update={"multi_node_backend": None})  # stored by an operator before backends
+    assert backend_changed(spec(model=LLAMA_405B), older, frozenset())
+    single = plan_deployment(spec(), inventory)
+    assert isinstance(single, PlanResult) and not backend_changed(spec(), single.status, LWS)

@@ -23,7 +23,7 @@ from autoparallel.controller.capabilities import OPTIONAL_CRDS
 from autoparallel.controller.config import DEFAULT_TRAINING_IMAGE
 from autoparallel.controller.inventory import LABEL_OWNER_UID
 from autoparallel.controller.kinds import BY_KIND
-from autoparallel.controller.models import CacheSpec, ParallelDeploymentSpec, ServingSpec
+from autoparallel.controller.models import CacheSpec, MultiNodeBackend, ParallelDeploymentSpec, ServingSpec
 from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
 from autoparallel.controller.render import (
     ANNOTATION_PLAN_HASH,
@@ -33,6 +33,7 @@ from autoparallel.controller.render import (
 )
 from autoparallel.controller.render.cache import download_job_name
 from autoparallel.controller.render.inference import group_script
+from autoparallel.controller.render.leaderworkerset import leader_script, worker_script
 from autoparallel.controller.render.training import TRAINING_IMAGE_GROUP, training_script
 from autoparallel.planner.commands import TORCHRUN_MASTER_PORT, torchrun_program_args
 from autoparallel.planner.inference import Degrees
@@ -107,7 +108,12 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
         ),
     ),
     "inference_multi_node": (
-        _plan(Degrees(tensor=8, pipeline=2, data=1), gpus_per_pod=8, nodes_per_replica=2),
+        _plan(
+            Degrees(tensor=8, pipeline=2, data=1),
+            gpus_per_pod=8,
+            nodes_per_replica=2,
+            multi_node_backend=MultiNodeBackend.STATEFUL_SET,
+        ),
         _spec(
             {
                 "model": {"name": "meta-llama/Llama-3.1-405B", "dtype": "bfloat16", "tokenSecretRef": {"name": "hf"}},
@@ -131,6 +137,28 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
                         "runtimeClassName": "nvidia",
                     }
                 },
+            }
+        ),
+    ),
+    "inference_multi_node_lws": (
+        _plan(
+            Degrees(tensor=8, pipeline=2, data=2),
+            gpus_per_pod=8,
+            nodes_per_replica=2,
+            multi_node_backend=MultiNodeBackend.LEADER_WORKER_SET,
+            max_replicas=4,
+        ),
+        _spec(
+            {
+                "model": {
+                    "name": "meta-llama/Llama-3.1-405B",
+                    "tokenSecretRef": {"name": "hf"},
+                    "cache": {"claimName": "weights-rwx", "prefetch": False},
+                },
+                "workload": {"sequenceLength": 8192},
+                "placement": {"topologyKey": "cloud.google.com/gke-nodepool"},
+                "serving": {"multiNodeBackend": "leaderWorkerSet", "gateway": {"inferencePool": True}},
+                "scaling": {"minReplicas": 2, "maxReplicas": 8},
             }
         ),
     ),
@@ -312,6 +340,7 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
 
 SERVED: dict[str, frozenset[str]] = {
     "inference_multi_node": OPTIONAL_CRDS,
+    "inference_multi_node_lws": OPTIONAL_CRDS,
     "inference_overrides": OPTIONAL_CRDS,
     "inference_autoscaled": OPTIONAL_CRDS,
 }
@@ -415,15 +444,27 @@ def assert_known_fields(value: Any, type_name: str, path: str) -> None:
             assert_known_fields(item, model.openapi_types[fields[key]], f"{path}.{key}")
 
 
+def templates_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod templates of a workload: its template, or a LeaderWorkerSet's leader and worker templates."""
+    if manifest["kind"] == "LeaderWorkerSet":
+        groups = manifest["spec"]["leaderWorkerTemplate"]
+        return [groups["leaderTemplate"], groups["workerTemplate"]]
+    return [manifest["spec"]["template"]] if "template" in manifest.get("spec", {}) else []
+
+
 def pod_templates(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m["spec"]["template"] for m in manifests if "template" in m["spec"]]
+    return [template for m in manifests for template in templates_of(m)]
 
 
-def main_container(manifest: dict[str, Any]) -> dict[str, Any]:
-    containers = manifest["spec"]["template"]["spec"]["containers"]
+def only_container(template: dict[str, Any]) -> dict[str, Any]:
+    containers = template["spec"]["containers"]
     assert len(containers) == 1
     container: dict[str, Any] = containers[0]
     return container
+
+
+def main_container(manifest: dict[str, Any]) -> dict[str, Any]:
+    return only_container(manifest["spec"]["template"])
 
 
 def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -472,7 +513,8 @@ def test_metadata_ties_children_to_the_owner_and_plan(name: str) -> None:
                 "blockOwnerDeletion": True,
             }
         ]
-        assert meta["annotations"] == {ANNOTATION_PLAN_HASH: plan.plan_hash}
+        assert meta["annotations"][ANNOTATION_PLAN_HASH] == plan.plan_hash
+        assert set(meta["annotations"]) <= {ANNOTATION_PLAN_HASH, "leaderworkerset.sigs.k8s.io/exclusive-topology"}
         assert meta["labels"][LABEL_OWNER_UID] == OWNER.uid
         assert meta["labels"][LABEL_MANAGED_BY] == "autoparallel"
         assert meta["labels"]["app.kubernetes.io/instance"] == OWNER.name
@@ -489,8 +531,9 @@ def test_workload_selectors_match_their_pod_templates(name: str) -> None:
         if manifest["kind"] in {"Deployment", "StatefulSet"}:
             selector = manifest["spec"]["selector"]["matchLabels"]
             assert selector.items() <= manifest["spec"]["template"]["metadata"]["labels"].items()
-        if manifest["kind"] == "Service":  # selects some pod (pod-index is added by the StatefulSet controller)
-            selector = {k: v for k, v in manifest["spec"]["selector"].items() if k != "apps.kubernetes.io/pod-index"}
+        if manifest["kind"] == "Service":  # selects some pod (the indexes are added by the StatefulSet/LWS controller)
+            indexes = {"apps.kubernetes.io/pod-index", "leaderworkerset.sigs.k8s.io/worker-index"}
+            selector = {k: v for k, v in manifest["spec"]["selector"].items() if k not in indexes}
             assert any(selector.items() <= t["metadata"]["labels"].items() for t in templates)
 
 
@@ -498,12 +541,10 @@ def test_workload_selectors_match_their_pod_templates(name: str) -> None:
 def test_pods_request_the_planned_gpus_on_the_planned_pool(name: str) -> None:
     plan, spec = CASES[name]
     gpu = spec.placement.gpu_resource
-    for manifest in render_case(name):
-        if "template" not in manifest["spec"] or is_cache(manifest):
-            continue
-        resources = main_container(manifest)["resources"]
+    for template in pod_templates([m for m in render_case(name) if not is_cache(m)]):
+        resources = only_container(template)["resources"]
         assert resources["requests"][gpu] == resources["limits"][gpu] == str(plan.gpus_per_pod)
-        pod = manifest["spec"]["template"]["spec"]
+        pod = template["spec"]
         assert pod["enableServiceLinks"] is False
         assert {"key": gpu, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         selector = pod.get("nodeSelector", {})
@@ -570,7 +611,12 @@ def test_moe_wide_expert_parallelism_runs_attention_data_parallel_in_one_pod() -
 
 
 def test_multi_node_inference_is_a_ray_group_per_replica() -> None:
-    plan = _plan(Degrees(tensor=8, pipeline=2, data=2), gpus_per_pod=8, nodes_per_replica=2)
+    plan = _plan(
+        Degrees(tensor=8, pipeline=2, data=2),
+        gpus_per_pod=8,
+        nodes_per_replica=2,
+        multi_node_backend=MultiNodeBackend.STATEFUL_SET,
+    )
     spec = CASES["inference_multi_node"][1]
     manifests = render_children(plan, spec, OWNER)
     assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [
@@ -597,6 +643,54 @@ def test_multi_node_inference_is_a_ray_group_per_replica() -> None:
         assert f"--address=llama-r{replica}-0.llama-r{replica}.models.svc.cluster.local:6379" in script
         assert "--distributed-executor-backend ray" in script
         assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in script
+
+
+def test_multi_node_inference_on_a_leader_worker_set_is_one_object_of_dp_groups() -> None:
+    plan, spec = CASES["inference_multi_node_lws"]
+    fixed = spec.model_copy(update={"scaling": None})
+    manifests = render_children(plan, fixed, OWNER)
+    assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [
+        ("Service", "llama"),
+        ("LeaderWorkerSet", "llama-lws"),  # not "llama": its controller names its headless Service after it
+    ]
+    endpoint, lws = manifests
+    assert endpoint["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"  # the leaders serve
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+    assert lws["metadata"]["annotations"]["leaderworkerset.sigs.k8s.io/exclusive-topology"] == (
+        "cloud.google.com/gke-nodepool"
+    )
+    assert lws["spec"]["replicas"] == plan.degrees.data
+    assert lws["spec"]["startupPolicy"] == "LeaderCreated"
+    assert lws["spec"]["rolloutStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    groups = lws["spec"]["leaderWorkerTemplate"]
+    assert (groups["size"], groups["restartPolicy"]) == (plan.nodes_per_replica, "RecreateGroupOnPodRestart")
+    leader, worker = only_container(groups["leaderTemplate"]), only_container(groups["workerTemplate"])
+    assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in leader["command"][2]
+    assert "--distributed-executor-backend ray" in leader["command"][2]
+    assert leader["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert [p["name"] for p in leader["ports"]] == ["http", "ray-gcs"]
+    assert "readinessProbe" not in worker and "livenessProbe" not in worker  # no server: ready while running
+    assert "ports" not in worker
+    for container in (leader, worker):  # both load their shard of the weights
+        assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}} in container[
+            "env"
+        ]
+        assert {"name": "model-cache", "mountPath": "/model-cache"} in container["volumeMounts"]
+    for template in (groups["leaderTemplate"], groups["workerTemplate"]):
+        assert_known_fields(template, "V1PodTemplateSpec", "LeaderWorkerSet.template")
+        client.ApiClient()._ApiClient__deserialize(template, "V1PodTemplateSpec")  # type: ignore[attr-defined]
+        assert template["metadata"]["labels"].items() >= endpoint["spec"]["selector"].items() - {
+            ("leaderworkerset.sigs.k8s.io/worker-index", "0")
+        }
+    assert not by_kind(manifests, "StatefulSet")
+
+
+def kubelet_expand(script: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of a container command, for the variables of the container's ``env``."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), script)
 
 
 # --- the shell scripts, run against stand-in executables -----------------------------------------------------
@@ -637,6 +731,21 @@ def test_group_workers_wait_for_the_head_and_join_it(fake_bin: Path) -> None:
         (fake_bin.parent / "calls").unlink(missing_ok=True)
         calls = run_script(group_script(plan, spec, OWNER, 0), fake_bin, {"POD_NAME": pod})
         assert calls == [f"ray health-check --address={head}", f"ray start --address={head} --block"]
+
+
+def test_lws_leader_starts_the_ray_head_and_serves(fake_bin: Path) -> None:
+    plan, spec = CASES["inference_multi_node_lws"]
+    calls = run_script(leader_script(plan, spec), fake_bin, {})
+    assert calls[0] == "ray start --head --port=6379"
+    assert calls[1].startswith("vllm serve meta-llama/Llama-3.1-405B --tensor-parallel-size 8")
+    assert len(calls) == 2
+
+
+def test_lws_workers_wait_for_their_leader_and_join_it(fake_bin: Path) -> None:
+    env = {"LWS_LEADER_ADDRESS": "llama-lws-1.llama-lws.models", "LWS_WORKER_INDEX": "1"}  # set by LWS's webhook
+    head = "llama-lws-1.llama-lws.models:6379"
+    calls = run_script(kubelet_expand(worker_script(), env), fake_bin, env)
+    assert calls == [f"ray health-check --address={head}", f"ray start --address={head} --block"]
 
 
 def test_group_probe_checks_vllm_on_pod_0_only(fake_bin: Path) -> None:
@@ -1006,3 +1115,32 @@ def test_an_inference_pool_selects_the_vllm_servers_only_when_asked_and_served()
     assert not by_kind(render_children(plan, spec, OWNER), "InferencePool")  # the CRD is not served
     group_plan, group_spec = CASES["inference_multi_node"]
     assert not by_kind(render_children(group_plan, group_spec, OWNER, served=OPTIONAL_CRDS), "InferencePool")
+
+
+def test_on_a_leader_worker_set_the_integrations_select_the_leaders_and_scale_the_groups() -> None:
+    plan, spec = CASES["inference_multi_node_lws"]
+    manifests = render_children(plan, spec, OWNER, served=OPTIONAL_CRDS)
+    [lws] = by_kind(manifests, "LeaderWorkerSet")
+    assert "replicas" not in lws["spec"]  # the autoscaler owns the group count
+    leaders = {**lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]}
+    leaders["leaderworkerset.sigs.k8s.io/worker-index"] = "0"  # what the LWS controller adds to a leader
+    [monitor] = by_kind(manifests, "PodMonitor")
+    [pool] = by_kind(manifests, "InferencePool")
+    [service] = by_kind(manifests, "Service")
+    for selector in (monitor["spec"]["selector"]["matchLabels"], pool["spec"]["selector"]["matchLabels"]):
+        assert selector == service["spec"]["selector"]
+        assert selector.items() <= leaders.items()
+        assert selector["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    [scaled] = by_kind(manifests, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "name": "llama-lws",
+    }
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (2, 4)
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    pods = re.search(r'pod=~"([^"]+)"', query)
+    assert pods is not None
+    assert re.fullmatch(pods.group(1), "llama-lws-3") and not re.fullmatch(pods.group(1), "llama-lws-3-1")
+    [hpa] = by_kind(render_children(plan, spec, OWNER), "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "LeaderWorkerSet"

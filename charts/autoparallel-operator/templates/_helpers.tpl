@@ -83,6 +83,10 @@ create when the object does not exist yet.
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
   verbs: [list, watch, create, patch, delete]
+# Multi-node replicas on LeaderWorkerSet (where its CRD is served): one per plan, handled like the above.
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
+  verbs: [list, watch, create, patch, delete]
 # Training runs are Jobs: applied and watched like the servers; a Job's pod template is immutable, so
 # one of an older plan is read (get) and deleted before the new one is applied.
 - apiGroups: [batch]

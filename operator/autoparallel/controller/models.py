@@ -242,6 +242,21 @@ class PlacementSpec(_Model):
     """The extended resource that counts GPUs (amd.com/gpu for AMD)."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """Tolerations added to every pod (GPU nodes are often tainted)."""
+    topology_key: str | None = Field(
+        default=None, alias="topologyKey", min_length=1, max_length=317, pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9._-]+$"
+    )
+    """A node label whose values are topology domains (a rack, an NVLink domain, a node pool, e.g.
+    cloud.google.com/gke-nodepool): every multi-node replica runs inside one domain, and no two replicas share one
+    (LeaderWorkerSet's exclusive placement, leaderworkerset.sigs.k8s.io/exclusive-topology). Needs the
+    leaderWorkerSet backend; single-node replicas ignore it."""
+
+
+class MultiNodeBackend(StrEnum):
+    """What runs a replica that spans nodes."""
+
+    AUTO = "auto"
+    LEADER_WORKER_SET = "leaderWorkerSet"
+    STATEFUL_SET = "statefulSet"
 
 
 class FailureMode(StrEnum):
@@ -302,6 +317,12 @@ class ServingSpec(_Model):
     """KV-cache element type; fp8 halves the KV cache per token."""
     port: int = Field(default=8000, ge=1, le=65535)
     """Port of the OpenAI-compatible server."""
+    multi_node_backend: MultiNodeBackend = Field(default=MultiNodeBackend.AUTO, alias="multiNodeBackend")
+    """What runs a replica that spans nodes: leaderWorkerSet (one LeaderWorkerSet of all replicas: a group per
+    replica whose leader runs the Ray head and vLLM's server, restarted as a whole when one of its pods fails, rolled
+    out group by group; needs the LeaderWorkerSet controller, lws.sigs.k8s.io), statefulSet (a StatefulSet per
+    replica), or auto: leaderWorkerSet when the API server serves its CRD, else statefulSet. status.plan says which
+    is used. Single-node replicas are a Deployment either way."""
     gateway: GatewaySpec | None = None
     """An InferencePool for a Gateway with an endpoint picker (Gateway API Inference Extension)."""
     out_of_memory_fallbacks: int = Field(default=2, ge=0, le=10, alias="outOfMemoryFallbacks")
@@ -444,6 +465,12 @@ class ParallelDeploymentSpec(_Model):
                     "!has(self.workload) || self.workload.type == 'inference'",
                     "message": "parallelism.expert applies to inference",
                 },
+                {
+                    "rule": "!has(self.placement) || !has(self.placement.topologyKey) || !has(self.serving) || "
+                    "!has(self.serving.multiNodeBackend) || self.serving.multiNodeBackend != 'statefulSet'",
+                    "message": "placement.topologyKey places replicas through LeaderWorkerSet's exclusive topology: "
+                    "use serving.multiNodeBackend auto or leaderWorkerSet, or remove topologyKey",
+                },
             ]
         }
     )
@@ -463,7 +490,8 @@ class ParallelDeploymentSpec(_Model):
     scaling: ScalingSpec | None = None
     """Autoscale the serving replicas on a vLLM metric between minReplicas (planned and reserved) and maxReplicas
     (capped at what the pool holds): a KEDA ScaledObject when KEDA is installed, else a HorizontalPodAutoscaler on
-    the same metric (which needs a custom-metrics adapter). Inference with single-node replicas only."""
+    the same metric (which needs a custom-metrics adapter). Inference with single-node replicas, or multi-node
+    replicas on a LeaderWorkerSet (whole groups are added and removed)."""
     training: TrainingSpec | None = None
     """Training settings (training)."""
     pod_template: PodTemplate | None = Field(default=None, alias="podTemplate")
@@ -553,6 +581,9 @@ class PlanStatus(_Model):
     """Nodes the replicas occupy."""
     nodes_per_replica: int = Field(alias="nodesPerReplica")
     """Nodes one replica spans (more than 1 runs the replica with Ray across nodes)."""
+    multi_node_backend: MultiNodeBackend | None = Field(default=None, alias="multiNodeBackend")
+    """What runs the multi-node replicas: leaderWorkerSet or statefulSet (spec.serving.multiNodeBackend resolved
+    against the CRDs the API server serves); absent when a replica fits one node."""
     pods: int | None = None
     """Pods of all replicas together: the plan reserves their GPUs until they run."""
     gpus_per_pod: int | None = Field(default=None, alias="gpusPerPod")

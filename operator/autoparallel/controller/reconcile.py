@@ -44,7 +44,14 @@ from autoparallel.controller.models import (
     ServingSpec,
 )
 from autoparallel.controller.plan import Owner
-from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
+from autoparallel.controller.planning import (
+    LWS_CRD,
+    PlanFailure,
+    PlanResult,
+    backend_changed,
+    inventory_status,
+    plan_deployment,
+)
 from autoparallel.controller.render import LABEL_COMPONENT, render_children, render_integrations
 from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD, download_job_name
 from autoparallel.controller.render.common import tolerations
@@ -174,8 +181,7 @@ def _of_the_plan(manifest: Mapping[str, Any]) -> bool:
     """A workload rendered for the plan, of a kind the operator indexes (not a Service, not the weight cache's
     PVC or download Job, not an integration's object)."""
     component = manifest["metadata"].get("labels", {}).get(LABEL_COMPONENT)
-    child = BY_KIND[manifest["kind"]]
-    return child.watched and child.requires is None and component != COMPONENT_DOWNLOAD
+    return BY_KIND[manifest["kind"]].watched and component != COMPONENT_DOWNLOAD
 
 
 def _model_cached(spec: ParallelDeploymentSpec, owner: Owner, snapshot: Snapshot) -> bool:
@@ -251,7 +257,7 @@ async def _sync_integrations(
     if spec.plan_only:
         INTEGRATIONS_APPLIED[owner.uid] = served
         return
-    manifests = render_integrations(spec, owner, plan.hash, plan.nodes_per_replica, plan.max_replicas, served)
+    manifests = render_integrations(spec, owner, plan.hash, plan.multi_node_backend, plan.max_replicas, served)
     await _sync(manifests, owner, True, served, kinds=CAPABILITY_KINDS)
 
 
@@ -280,7 +286,7 @@ async def _plan_and_apply(
     inventory = _inventory(spec, snapshot, meta["uid"])
     started = time.perf_counter()
     failed = [] if pinned(spec) else [failed_plan(record) for record in records]
-    outcome: PlanResult | PlanFailure = plan_deployment(spec, inventory, PRICES, failed)
+    outcome: PlanResult | PlanFailure = plan_deployment(spec, inventory, PRICES, failed, snapshot.served)
     metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
     manifests: list[dict[str, Any]] = []
     if isinstance(outcome, PlanResult):
@@ -297,7 +303,7 @@ async def _plan_and_apply(
         return
     deleted = await _apply(outcome, manifests, _owner(body), snapshot)
     reason = "PlanOnly" if spec.plan_only else "Planned"
-    verb = "Replanned" if trigger in ("inventory", "oom") and old.plan is not None else reason
+    verb = "Replanned" if trigger in ("inventory", "oom", "backend") and old.plan is not None else reason
     extra = f"; removed {', '.join(deleted)}" if deleted else ""
     await event_once(body, old, new, "Normal", verb, f"{outcome.status.reason}{extra}")
     metrics.record_plan(meta["namespace"], meta["name"], outcome.status)
@@ -366,6 +372,11 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
         if _cache_filled_since(spec, status.plan, snapshot, body):
             logger.info("the model is in the cache: starting the serving pods")
             await _plan_and_apply(body, patch, snapshot, logger, trigger="spec")
+            return
+        if backend_changed(spec, status.plan, snapshot.served):
+            served = "served" if LWS_CRD in snapshot.served else "not served"
+            logger.info(f"the LeaderWorkerSet CRD is {served}: replanning the multi-node replicas")
+            await _plan_and_apply(body, patch, snapshot, logger, trigger="backend")
             return
         if _bound_as_planned(status.plan, snapshot) or _still_fits(status.plan, _inventory(spec, snapshot, uid)):
             if INTEGRATIONS_APPLIED.get(uid, snapshot.served) != snapshot.served:
