@@ -175,7 +175,11 @@ main() {
     fi
     link_bin "${dir}"
   done
-  cp -f "$(component_dir kwok "${versions[kwok]}")/stages.yaml" "${BIN_DIR}/kwok-stages.yaml"
+  # kwok's fast pod-delete removes a deleted pod at once, where a kubelet takes time to stop its containers, and
+  # controllers act in that window: LeaderWorkerSet recreates a group when it sees a pod with a deletionTimestamp
+  # (RecreateGroupOnPodRestart). Deleted pods stay terminating for two seconds.
+  awk '/^  name: pod-delete$/ { stage = 1 } stage && /^spec:$/ { print; print "  delay:"; print "    durationMilliseconds: 2000"; stage = 0; next } { print }' \
+    "$(component_dir kwok "${versions[kwok]}")/stages.yaml" >"${BIN_DIR}/kwok-stages.yaml"
   cp -f "$(component_dir lws "${versions[lws]}")"/lws-*.yaml "${BIN_DIR}/"
   printf 'kubernetes=%s\netcd=%s\nkwok=%s\nlws=%s\n' "${versions[kubernetes]}" "${versions[etcd]}" \
     "${versions[kwok]}" "${versions[lws]}" >"${BIN_DIR}/versions"

@@ -84,7 +84,8 @@ def test_the_model_is_downloaded_into_the_cache_before_any_serving_pod(
     uid = cached["metadata"]["uid"]
     [job] = [j for j in children(kube_cluster, pd_namespace, uid)["Job"] if "download" in j.metadata.name]
     container = job.spec.template.spec.containers[0]
-    assert container.command[-3:] == ["meta-llama/Meta-Llama-3.1-8B", "--revision", "main"]
+    assert container.command[:2] == ["/bin/sh", "-c"]
+    assert container.command[2].endswith('"$cli" download meta-llama/Meta-Llama-3.1-8B --revision main')
     assert {e.name: e.value_from.secret_key_ref.name for e in container.env if e.value_from} == {"HF_TOKEN": "hf-token"}
 
     ready = wait_condition(kube_cluster, pd_namespace, "cached", "Ready", "True", timeout=90)

@@ -124,7 +124,8 @@ def _ready(derived: _Derived, decided: dict[str, Verdict | None]) -> Verdict:
         return ConditionStatus.FALSE, pod.reason, f"pod {pod.name}: {pod.message}{FIXES.get(pod.reason, '')}"
     cached = decided.get(MODEL_CACHED)
     if cached is not None and cached[0] != ConditionStatus.TRUE:
-        return ConditionStatus.FALSE, cached[1], f"{cached[2]}; serving pods start once it is cached"
+        pods = "training" if facts.spec.workload.type == WorkloadType.TRAINING else "serving"
+        return ConditionStatus.FALSE, cached[1], f"{cached[2]}; {pods} pods start once it is cached"
     return verdict
 
 
