@@ -5,13 +5,15 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from autoparallel.parallel.train.config import ConfigError, TrainConfig
-from autoparallel.parallel.train.model import TinyGPT
+from autoparallel.parallel.train.model import CausalLMLogits, TinyGPT
+from autoparallel.parallel.train.stages import check_pipeline, keep_decoder_stage
 from autoparallel.planner.inference import pipeline_partition
 
 MESH_DIMS = ("dp", "pp", "tp")
@@ -49,9 +51,15 @@ def layer_range(num_layers: int, stage: int, num_stages: int) -> range:
 
 
 def keep_stage(model: nn.Module, stage: int, num_stages: int) -> nn.Module:
-    """Delete what other pipeline stages hold; parameter names stay those of the full model."""
+    """Delete what other pipeline stages hold; parameter names stay those of the full model. A transformers
+    decoder is cut by :func:`stages.keep_decoder_stage`."""
+    if isinstance(model, CausalLMLogits):
+        hf_config: Any = model.model.config
+        check_pipeline(hf_config, num_stages)
+        kept = layer_range(hf_config.num_hidden_layers, stage, num_stages)
+        return keep_decoder_stage(model, kept, first=stage == 0, last=stage == num_stages - 1)
     if not isinstance(model, TinyGPT):
-        raise ConfigError("pipeline parallelism splits the built-in tiny-gpt only; use --pipeline-parallel 1")
+        raise ConfigError("pipeline parallelism splits tiny-gpt and transformers decoders; use --pipeline-parallel 1")
     kept = layer_range(model.config.num_layers, stage, num_stages)
     for name in [name for name in model.layers if int(name) not in kept]:
         del model.layers[name]

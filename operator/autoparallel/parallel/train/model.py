@@ -147,14 +147,18 @@ class TinyGPT(nn.Module):
 
 
 class CausalLMLogits(nn.Module):
-    """A transformers causal LM returning plain logits, so the runtime treats it like the tiny GPT."""
+    """A transformers causal LM returning plain logits, so the runtime treats it like the tiny GPT.
+
+    Token ids go in as ``input_ids``; a later pipeline stage (``stages.keep_decoder_stage``) gets the previous
+    stage's hidden states, a floating-point tensor, and hands them in as ``inputs_embeds``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.model(input_ids=input_ids, use_cache=False).logits
+    def forward(self, inputs: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        key = "inputs_embeds" if inputs.is_floating_point() else "input_ids"
+        logits: torch.Tensor = self.model(**{key: inputs}, position_ids=position_ids, use_cache=False).logits
         return logits
 
 
