@@ -5,6 +5,8 @@
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl   <- hack/cluster/kubernetes/go.mod
 #   etcd                                                               <- hack/cluster/etcd/go.mod
 #   kwok (+ the kwok stage definitions it runs with)                   <- hack/cluster/kwok/go.mod
+#   lws-controller (+ the LeaderWorkerSet CRD, webhook configurations   <- hack/cluster/lws/go.mod
+#                   and RBAC role from the same module version)
 #
 # Every component is cached under $AUTOPARALLEL_CACHE_DIR/control-plane/<component>-<version>-<hash>/,
 # where <hash> covers the wrapper module's go.mod/go.sum and the build recipe below, so a version bump
@@ -108,6 +110,24 @@ build_kwok() { # <dest dir> <version>
   finish_component kwok "${tmp}" "${dest}"
 }
 
+build_lws() { # <dest dir> <version>
+  local dest="$1" version="$2" tmp src
+  # Version stamp as LWS's Makefile (LD_FLAGS); the main package is sigs.k8s.io/lws/cmd.
+  tmp="$(go_build lws "${dest}" -ldflags "-s -w -X sigs.k8s.io/lws/pkg/version.GitVersion=${version}" \
+    sigs.k8s.io/lws/cmd)"
+  mv "${tmp}/bin/cmd" "${tmp}/bin/lws-controller"
+  # What LWS's release manifests are made of, from the same module version in the module cache: the CRD
+  # (config/crd/bases, without the conversion-webhook patch: v1 is its only version), the controller's
+  # ClusterRole (config/rbac/role.yaml) and the webhook configurations with their objectSelector patches
+  # (`kubectl kustomize config/webhook`); hack/cluster/helper.py points those at the loopback controller.
+  src="$(cd "${WRAPPERS}/lws" && GOTOOLCHAIN="${GOTOOLCHAIN:-local}" "${GO_BIN}" list -m -f '{{.Dir}}' sigs.k8s.io/lws)"
+  install -m 0644 "${src}/config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml" "${tmp}/lws-crd.yaml"
+  install -m 0644 "${src}/config/rbac/role.yaml" "${tmp}/lws-role.yaml"
+  "${BIN_DIR}/kubectl" kustomize "${src}/config/webhook" >"${tmp}/lws-webhooks.yaml" \
+    || { rm -rf "${tmp}"; die "kubectl kustomize ${src}/config/webhook failed"; }
+  finish_component lws "${tmp}" "${dest}"
+}
+
 # Points $BIN_DIR/<binary> at the cached binaries of the versions this checkout asks for.
 link_bin() { # <component dir>
   local f
@@ -129,17 +149,20 @@ main() {
     [kubernetes]="$(module_version "${WRAPPERS}/kubernetes/go.mod" k8s.io/kubernetes)"
     [etcd]="$(module_version "${WRAPPERS}/etcd/go.mod" go.etcd.io/etcd/server/v3)"
     [kwok]="$(module_version "${WRAPPERS}/kwok/go.mod" sigs.k8s.io/kwok)"
+    [lws]="$(module_version "${WRAPPERS}/lws/go.mod" sigs.k8s.io/lws)"
   )
   local component dir built=() start=${EPOCHREALTIME}
   # Measured from empty Go caches on 2 cores (docs/local-cluster.md).
-  local -A COLD_HINT=([kubernetes]=" (cold: ~9 min)" [etcd]=" (cold: ~30 s)" [kwok]=" (cold: ~2 min)")
+  local -A COLD_HINT=([kubernetes]=" (cold: ~9 min)" [etcd]=" (cold: ~30 s)" [kwok]=" (cold: ~2 min)"
+    [lws]=" (cold: ~2 min)")
   mkdir -p "${CACHE_DIR}/control-plane"
 
   # Serialise concurrent builds (e.g. `make cluster-up` while pytest brings the cluster up).
   exec 9>"${CACHE_DIR}/control-plane/.lock"
   if command -v flock >/dev/null 2>&1; then flock 9; fi
 
-  for component in kubernetes etcd kwok; do
+  # kubernetes first: lws's build runs its kubectl (kustomize).
+  for component in kubernetes etcd kwok lws; do
     [[ -n "${versions[${component}]}" ]] || die "no version of ${component} found in ${WRAPPERS}/${component}/go.mod"
     dir="$(component_dir "${component}" "${versions[${component}]}")"
     if [[ ! -d "${dir}" ]]; then
@@ -153,13 +176,14 @@ main() {
     link_bin "${dir}"
   done
   cp -f "$(component_dir kwok "${versions[kwok]}")/stages.yaml" "${BIN_DIR}/kwok-stages.yaml"
-  printf 'kubernetes=%s\netcd=%s\nkwok=%s\n' "${versions[kubernetes]}" "${versions[etcd]}" \
-    "${versions[kwok]}" >"${BIN_DIR}/versions"
+  cp -f "$(component_dir lws "${versions[lws]}")"/lws-*.yaml "${BIN_DIR}/"
+  printf 'kubernetes=%s\netcd=%s\nkwok=%s\nlws=%s\n' "${versions[kubernetes]}" "${versions[etcd]}" \
+    "${versions[kwok]}" "${versions[lws]}" >"${BIN_DIR}/versions"
 
   if ((${#built[@]})); then
     log "built control plane in $(elapsed "${start}") s (${built[*]}) -> ${BIN_DIR}"
   else
-    log "control plane binaries cached (kubernetes ${versions[kubernetes]}, etcd ${versions[etcd]}, kwok ${versions[kwok]}) -> ${BIN_DIR}"
+    log "control plane binaries cached (kubernetes ${versions[kubernetes]}, etcd ${versions[etcd]}, kwok ${versions[kwok]}, lws ${versions[lws]}) -> ${BIN_DIR}"
   fi
   if ${print_bin_dir}; then
     echo "${BIN_DIR}"

@@ -10,7 +10,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${AUTOPARALLEL_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME}/.cache}/autoparallel}"
 STATE_DIR="${AUTOPARALLEL_CLUSTER_DIR:-${CACHE_DIR}/cluster}"
 # Reverse start order: the clients first, etcd last.
-COMPONENTS=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+COMPONENTS=(lws-controller kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 STOP_TIMEOUT=15
 
 # shellcheck source=hack/cluster/lib.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the local Kubernetes control plane (see docs/local-cluster.md): etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and the kwok controller on 127.0.0.1, plus the simulated GPU
-# nodes of hack/nodepools.yaml. The binaries come from hack/build-control-plane.sh (built once, cached).
+# kube-controller-manager, kube-scheduler, the kwok controller and the LeaderWorkerSet controller (with its
+# CRD and admission webhooks) on 127.0.0.1, plus the simulated GPU nodes of hack/nodepools.yaml. The binaries come from hack/build-control-plane.sh (built once, cached).
 #
 # Usage: hack/cluster-up.sh                         start (or reuse a healthy) cluster
 #        hack/cluster-up.sh --print-kubeconfig-path  print the kubeconfig path only (for `make -s kubeconfig`)
@@ -10,7 +10,8 @@
 #
 # Everything runtime (pid files, logs, certificates, etcd data, kubeconfigs) lives in the state dir,
 # $AUTOPARALLEL_CLUSTER_DIR (default ~/.cache/autoparallel/cluster); hack/cluster-down.sh removes it.
-# Ports (all on 127.0.0.1) can be moved with AUTOPARALLEL_{APISERVER,ETCD,ETCD_PEER,KCM,SCHEDULER,KWOK}_PORT.
+# Ports (all on 127.0.0.1) can be moved with
+# AUTOPARALLEL_{APISERVER,ETCD,ETCD_PEER,KCM,SCHEDULER,KWOK,LWS,LWS_WEBHOOK}_PORT.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,12 +27,15 @@ ETCD_PEER_PORT="${AUTOPARALLEL_ETCD_PEER_PORT:-12380}"
 KCM_PORT="${AUTOPARALLEL_KCM_PORT:-10357}"
 SCHEDULER_PORT="${AUTOPARALLEL_SCHEDULER_PORT:-10359}"
 KWOK_PORT="${AUTOPARALLEL_KWOK_PORT:-10347}"
+LWS_PORT="${AUTOPARALLEL_LWS_PORT:-10349}"                 # the LWS controller's health probes (HTTP)
+LWS_WEBHOOK_PORT="${AUTOPARALLEL_LWS_WEBHOOK_PORT:-19443}" # its admission webhooks (HTTPS, called by the API server)
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1 # first address of SERVICE_CIDR: the `kubernetes` Service; in the serving cert
 POD_CIDR=10.244.0.1/16 # kwok hands out pod IPs from here
+LWS_USER=lws-controller # the LWS controller's identity (RBAC: LWS's own ClusterRole)
 
 # Start order; cluster-down.sh stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok lws-controller)
 STARTUP_TIMEOUT="${AUTOPARALLEL_STARTUP_TIMEOUT:-120}"
 
 # shellcheck source=hack/cluster/lib.sh
@@ -90,22 +94,19 @@ random_token() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 # service-account signing key. Without openssl the API server self-signs its serving certificate
 # (--cert-dir) and Python writes the service-account key.
 generate_pki() {
-  local pki="${STATE_DIR}/pki"
+  local pki="${STATE_DIR}/pki" san
   mkdir -p "${pki}"
   chmod 700 "${pki}"
   if command -v openssl >/dev/null 2>&1 && [[ "${AUTOPARALLEL_PKI:-openssl}" == openssl ]]; then
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=autoparallel-local-ca" \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
       -keyout "${pki}/ca.key" -out "${pki}/ca.crt" 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
-      -keyout "${pki}/apiserver.key" -out "${pki}/apiserver.csr" 2>/dev/null
-    openssl x509 -req -in "${pki}/apiserver.csr" -CA "${pki}/ca.crt" -CAkey "${pki}/ca.key" \
-      -CAcreateserial -days 3650 -out "${pki}/apiserver.crt" -extfile <(
-        printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n'
-        printf 'extendedKeyUsage=serverAuth\n'
-        printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost,DNS:kubernetes,' "${SERVICE_IP}"
-        printf 'DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n'
-      ) 2>/dev/null
+    san="IP:127.0.0.1,IP:${SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
+    sign_serving_cert "${pki}/apiserver" kube-apiserver "${san},DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    # The LWS controller's webhook server (the API server calls it on 127.0.0.1): tls.crt/tls.key, the
+    # names controller-runtime looks for in its certDir.
+    mkdir -p "${pki}/lws"
+    sign_serving_cert "${pki}/lws/tls" lws-webhook "IP:127.0.0.1,DNS:localhost"
     openssl genrsa -out "${pki}/sa.key" 2048 2>/dev/null
     CA_FILE="${pki}/ca.crt"
     APISERVER_TLS_FLAGS=(--tls-cert-file="${pki}/apiserver.crt" --tls-private-key-file="${pki}/apiserver.key")
@@ -113,12 +114,27 @@ generate_pki() {
   else
     log "no openssl: the API server self-signs its certificate; Python writes the service-account key"
     "${PYTHON}" "${HELPER}" rsa-key "${pki}/sa.key"
-    # The API server writes apiserver.crt (its certificate and the CA that signed it) at startup.
+    # The API server writes apiserver.crt (its certificate and the CA that signed it) at startup. The LWS
+    # webhooks, also on 127.0.0.1, serve that same pair (a throwaway loopback cluster: one key is enough).
     CA_FILE="${pki}/serving/apiserver.crt"
+    mkdir -p "${pki}/lws"
+    ln -sfn ../serving/apiserver.crt "${pki}/lws/tls.crt"
+    ln -sfn ../serving/apiserver.key "${pki}/lws/tls.key"
     APISERVER_TLS_FLAGS=(--cert-dir="${pki}/serving")
     KCM_SIGNING_FLAGS=()
   fi
   printf '%s\n' "${CA_FILE}" >"${pki}/ca-file"
+}
+
+# A key and a serving certificate signed by the CA: <prefix>.key, <prefix>.crt.
+sign_serving_cert() { # <path prefix> <common name> <subjectAltName>
+  local pki="${STATE_DIR}/pki"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+  openssl x509 -req -in "$1.csr" -CA "${pki}/ca.crt" -CAkey "${pki}/ca.key" -CAcreateserial -days 3650 \
+    -out "$1.crt" -extfile <(
+      printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n'
+      printf 'extendedKeyUsage=serverAuth\nsubjectAltName=%s\n' "$3"
+    ) 2>/dev/null
 }
 
 # The flags generate_pki chose, read back from the state dir of a running cluster (for --restart).
@@ -137,20 +153,24 @@ load_pki() {
 # Static bearer tokens (--token-auth-file) for the admin and each component: the controller-manager
 # and scheduler get their usual identities, which the bootstrap RBAC policy already authorises.
 write_tokens_and_kubeconfigs() {
-  local pki="${STATE_DIR}/pki" admin kcm scheduler kwok
+  local pki="${STATE_DIR}/pki" admin kcm scheduler kwok lws
   admin="$(random_token)" kcm="$(random_token)" scheduler="$(random_token)" kwok="$(random_token)"
+  lws="$(random_token)"
   {
     printf '%s,kubernetes-admin,kubernetes-admin,"system:masters"\n' "${admin}"
     printf '%s,system:kube-controller-manager,system:kube-controller-manager\n' "${kcm}"
     printf '%s,system:kube-scheduler,system:kube-scheduler\n' "${scheduler}"
     # kwok updates nodes, leases and pod status like a kubelet of many nodes would.
     printf '%s,kwok-controller,kwok-controller,"system:masters"\n' "${kwok}"
+    # The LWS controller: no group; LWS's own ClusterRole is bound to this user (install_lws).
+    printf '%s,%s,%s\n' "${lws}" "${LWS_USER}" "${LWS_USER}"
   } >"${pki}/tokens.csv"
   chmod 600 "${pki}/tokens.csv"
   write_kubeconfig "${KUBECONFIG_PATH}" kubernetes-admin "${admin}"
   write_kubeconfig "${STATE_DIR}/kube-controller-manager.kubeconfig" system:kube-controller-manager "${kcm}"
   write_kubeconfig "${STATE_DIR}/kube-scheduler.kubeconfig" system:kube-scheduler "${scheduler}"
   write_kubeconfig "${STATE_DIR}/kwok.kubeconfig" kwok-controller "${kwok}"
+  write_kubeconfig "${STATE_DIR}/lws-controller.kubeconfig" "${LWS_USER}" "${lws}"
 }
 
 write_kubeconfig() { # <path> <user> <token>
@@ -272,6 +292,59 @@ start_kwok() {
     --server-address="127.0.0.1:${KWOK_PORT}"
 }
 
+# The LeaderWorkerSet controller (sigs.k8s.io/lws): its CRD, its ClusterRole bound to its user and its webhook
+# configurations calling it on 127.0.0.1, from the files of LWS's module that hack/build-control-plane.sh
+# copied next to the binaries. Server-side apply: the CRD is too large for kubectl's last-applied annotation.
+install_lws() {
+  kubectl_ apply --server-side --force-conflicts --field-manager=autoparallel-cluster-up \
+    -f "${BIN_DIR}/lws-crd.yaml" >/dev/null
+  "${PYTHON}" "${HELPER}" lws-manifests "${BIN_DIR}" --user="${LWS_USER}" \
+    --url="https://127.0.0.1:${LWS_WEBHOOK_PORT}" --ca-file="${CA_FILE}" \
+    | kubectl_ apply --server-side --force-conflicts --field-manager=autoparallel-cluster-up -f - >/dev/null
+}
+
+start_lws() {
+  local config="${STATE_DIR}/lws-config.yaml"
+  # LWS's component config (config.lws.x-k8s.io/v1alpha1): one instance, so no leader election (and so no
+  # namespace of its own); the serving certificate from generate_pki instead of LWS's internal cert
+  # rotation (which writes a Secret for an in-cluster Service); metrics off; everything on loopback.
+  cat >"${config}" <<EOF
+apiVersion: config.lws.x-k8s.io/v1alpha1
+kind: Configuration
+leaderElection:
+  leaderElect: false
+internalCertManagement:
+  enable: false
+webhook:
+  host: 127.0.0.1
+  port: ${LWS_WEBHOOK_PORT}
+  certDir: ${STATE_DIR}/pki/lws
+metrics:
+  bindAddress: "0"
+health:
+  healthProbeBindAddress: 127.0.0.1:${LWS_PORT}
+EOF
+  start_component lws-controller \
+    --config="${config}" \
+    --kubeconfig="${STATE_DIR}/lws-controller.kubeconfig" \
+    --zap-devel=false
+}
+
+# The webhooks answer: a server-side dry run of a LeaderWorkerSet passes LWS's defaulting and validation.
+lws_webhooks_answer() {
+  kubectl_ create --dry-run=server -o name -f - <<'EOF'
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+metadata: {name: webhook-check, namespace: default}
+spec:
+  leaderWorkerTemplate:
+    size: 2
+    workerTemplate:
+      spec:
+        containers: [{name: check, image: check}]
+EOF
+}
+
 # ---------------------------------------------------------------------------------------------------
 # Simulated GPU nodes
 
@@ -293,16 +366,23 @@ cluster_healthy() {
 
 default_service_account_exists() { kubectl_ get serviceaccount default -n default -o name; }
 
-# kube-scheduler and kube-controller-manager serve /healthz on their secure ports.
-component_healthz() { # <port>
-  "${PYTHON}" - "$1" <<'EOF'
+# kube-scheduler and kube-controller-manager serve /healthz on their secure ports; the LWS controller
+# serves /readyz over plain HTTP (controller-runtime's health probes).
+component_healthz() { # <port> [<scheme> <path>]
+  "${PYTHON}" - "$1" "${2:-https}" "${3:-/healthz}" <<'EOF'
 import ssl, sys, urllib.request
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE  # self-signed serving certificate of a loopback component
-with urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/healthz", context=ctx, timeout=3) as r:
+port, scheme, path = sys.argv[1:]
+with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}{path}", context=ctx, timeout=3) as r:
     sys.exit(0 if r.read().strip() == b"ok" else 1)
 EOF
+}
+
+wait_for_lws() {
+  wait_for "${STARTUP_TIMEOUT}" "lws-controller /readyz" component_healthz "${LWS_PORT}" http /readyz
+  wait_for "${STARTUP_TIMEOUT}" "the LeaderWorkerSet webhooks" lws_webhooks_answer
 }
 
 report() { # <start EPOCHREALTIME> <what>
@@ -349,6 +429,7 @@ restart_component() { # <component>
     kube-controller-manager) start_controller_manager ;;
     kube-scheduler) start_scheduler ;;
     kwok) start_kwok ;;
+    lws-controller) start_lws ;;
   esac
   case "${comp}" in
     etcd | kube-apiserver)
@@ -356,6 +437,7 @@ restart_component() { # <component>
     kube-controller-manager) wait_for "${STARTUP_TIMEOUT}" "${comp} /healthz" component_healthz "${KCM_PORT}" ;;
     kube-scheduler) wait_for "${STARTUP_TIMEOUT}" "${comp} /healthz" component_healthz "${SCHEDULER_PORT}" ;;
     kwok) ;;
+    lws-controller) wait_for_lws ;;
   esac
   log "restarted ${comp} (pid $(cat "$(pid_file "${comp}")")) in $(awk -v s="${start}" -v e="${EPOCHREALTIME}" \
     'BEGIN { printf "%.1f", e - s }') s"
@@ -405,11 +487,14 @@ main() {
   start_controller_manager
   start_scheduler
   start_kwok
+  install_lws
+  start_lws
   register_nodes
   wait_for "${STARTUP_TIMEOUT}" "the default ServiceAccount in namespace default" default_service_account_exists
   wait_for "${STARTUP_TIMEOUT}" "the simulated GPU nodes to be Ready" nodes_ready
   wait_for "${STARTUP_TIMEOUT}" "kube-scheduler /healthz" component_healthz "${SCHEDULER_PORT}"
   wait_for "${STARTUP_TIMEOUT}" "kube-controller-manager /healthz" component_healthz "${KCM_PORT}"
+  wait_for_lws
   report "${start}" "cluster ready"
 }
 

@@ -8,6 +8,7 @@ Subcommands:
   rss [NAME=]PID...                              print the resident memory of the processes (from /proc)
   rsa-key PATH                                   write a new RSA private key (PKCS#1 PEM) without openssl
   server-version                                 print gitVersion of the API server's /version JSON on stdin
+  lws-manifests DIR --user U --url URL --ca-file F  print LWS's RBAC and webhook configurations (JSON v1 List)
 
 Only the standard library is used, except PyYAML for reading the node pools file.
 """
@@ -259,6 +260,60 @@ def cmd_server_version(args: argparse.Namespace) -> None:
     print(version)
 
 
+# --------------------------------------------------------------------------------------------------
+# The LeaderWorkerSet controller as a loopback component
+
+LWS_NAME_PREFIX = "lws-"
+"""The namePrefix of LWS's own config/default kustomization (its release manifests' names)."""
+
+
+def _yaml_documents(path: Path) -> list[dict[str, Any]]:
+    try:
+        import yaml
+    except ImportError:
+        sys.exit("helper.py: reading LWS's manifests needs PyYAML (pip install pyyaml, or use the repo .venv)")
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def lws_manifests(
+    role: list[dict[str, Any]], webhooks: list[dict[str, Any]], user: str, url: str, ca: bytes
+) -> list[dict[str, Any]]:
+    """LWS's ClusterRole bound to ``user`` (the controller's identity here), and its webhook configurations
+    calling ``url`` + each webhook's path (instead of the in-cluster Service), trusting ``ca``."""
+    [cluster_role] = [doc for doc in role if doc.get("kind") == "ClusterRole"]
+    name = LWS_NAME_PREFIX + cluster_role["metadata"]["name"]
+    items: list[dict[str, Any]] = [
+        {**cluster_role, "metadata": {"name": name}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        },
+    ]
+    bundle = base64.b64encode(ca).decode()
+    for doc in webhooks:
+        if not doc.get("kind", "").endswith("WebhookConfiguration"):
+            continue  # the webhook Service: nothing runs in-cluster here
+        hooks = []
+        for hook in doc["webhooks"]:
+            path = hook["clientConfig"]["service"]["path"]
+            hooks.append({**hook, "clientConfig": {"url": url.rstrip("/") + path, "caBundle": bundle}})
+        items.append({**doc, "metadata": {"name": LWS_NAME_PREFIX + doc["metadata"]["name"]}, "webhooks": hooks})
+    return items
+
+
+def cmd_lws_manifests(args: argparse.Namespace) -> None:
+    """hack/build-control-plane.sh copied lws-role.yaml and lws-webhooks.yaml from LWS's module into DIR."""
+    directory = Path(args.dir)
+    role = _yaml_documents(directory / "lws-role.yaml")
+    webhooks = _yaml_documents(directory / "lws-webhooks.yaml")
+    items = lws_manifests(role, webhooks, args.user, args.url, Path(args.ca_file).read_bytes())
+    json.dump({"apiVersion": "v1", "kind": "List", "items": items}, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(required=True)
@@ -281,6 +336,12 @@ def main() -> None:
     p.set_defaults(func=cmd_rsa_key)
     p = sub.add_parser("server-version")
     p.set_defaults(func=cmd_server_version)
+    p = sub.add_parser("lws-manifests")
+    p.add_argument("dir")
+    p.add_argument("--user", required=True)
+    p.add_argument("--url", required=True)
+    p.add_argument("--ca-file", required=True)
+    p.set_defaults(func=cmd_lws_manifests)
     args = parser.parse_args()
     args.func(args)
 

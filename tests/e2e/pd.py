@@ -78,11 +78,21 @@ def events(cluster: KubeCluster, namespace: str, name: str) -> list[Any]:
     return [e for e in items if e.involved_object.kind == "ParallelDeployment"]
 
 
+def leader_worker_sets(cluster: KubeCluster, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """LeaderWorkerSets (the local control plane runs the LWS controller, so their CRD is served)."""
+    found = custom(cluster).list_namespaced_custom_object(
+        "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", label_selector=selector
+    )
+    items: list[dict[str, Any]] = found["items"]
+    return items
+
+
 def children(cluster: KubeCluster, namespace: str, uid: str) -> dict[str, list[Any]]:
     selector = f"autoparallel.io/owner-uid={uid}"
     return {
         "Deployment": cluster.apps.list_namespaced_deployment(namespace, label_selector=selector).items,
         "StatefulSet": cluster.apps.list_namespaced_stateful_set(namespace, label_selector=selector).items,
+        "LeaderWorkerSet": leader_worker_sets(cluster, namespace, selector),
         "Service": cluster.core.list_namespaced_service(namespace, label_selector=selector).items,
         "Job": cluster.batch.list_namespaced_job(namespace, label_selector=selector).items,
         "Pod": cluster.core.list_namespaced_pod(namespace, label_selector=selector).items,

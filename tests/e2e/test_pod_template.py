@@ -1,6 +1,6 @@
 """spec.podTemplate on the real control plane: the user's labels, annotations and pod fields in every pod the
-operator creates (a Deployment's, a multi-node group's StatefulSet's, a training Job's), and an override that
-contradicts the plan refused with a condition and an Event, the existing pods left alone."""
+operator creates (a Deployment's, a multi-node LeaderWorkerSet's leaders and workers, a training Job's), and an
+override that contradicts the plan refused with a condition and an Event, the existing pods left alone."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def service_account(kube_cluster: KubeCluster, pd_namespace: str) -> str:
 @pytest.mark.parametrize(
     ("example_file", "container", "kind"),
     [
-        ("multinode-405b.yaml", "vllm", "StatefulSet"),
+        ("multinode-405b.yaml", "vllm", "LeaderWorkerSet"),
         ("training-llama8b.yaml", "trainer", "Job"),
         ("moe-mixtral.yaml", "vllm", "Deployment"),
     ],

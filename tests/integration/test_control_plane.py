@@ -1,4 +1,4 @@
-"""The local control plane (hack/cluster-up.sh) behaves like a real cluster with GPU nodes.
+"""The local control plane (hack/cluster-up.sh) behaves like a real cluster with GPU nodes and LeaderWorkerSet.
 
 These run against whatever `kube_cluster` provides; they expect the simulated GPU nodes of
 hack/nodepools.yaml (kwok-managed), which the local control plane registers.
@@ -264,6 +264,65 @@ def test_job_pod_completes(kube_cluster: KubeCluster, namespace: str) -> None:
     )
     pods = kube_cluster.core.list_namespaced_pod(namespace, label_selector="app=once").items
     assert [p.status.phase for p in pods] == ["Succeeded"]
+
+
+def _group_pods(core: client.CoreV1Api, namespace: str) -> dict[str, str]:
+    pods = core.list_namespaced_pod(namespace, label_selector="leaderworkerset.sigs.k8s.io/name=group").items
+    return {p.metadata.name: p.metadata.uid for p in pods if ready(p) and not p.metadata.deletion_timestamp}
+
+
+@pytest.mark.cluster
+def test_leader_worker_set_runs_its_groups_and_restarts_a_group_as_a_whole(
+    kube_cluster: KubeCluster, namespace: str, gpu_nodes: TestNodes
+) -> None:
+    """The LWS controller, its webhooks (LWS_* variables in the pods) and its gang restart."""
+    template = gpu_pod("unused", 8, gpu_nodes, {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"})
+    body = {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": "group"},
+        "spec": {
+            "replicas": 2,
+            "leaderWorkerTemplate": {
+                "size": 2,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "workerTemplate": {"spec": kube_cluster.api_client.sanitize_for_serialization(template.spec)},
+            },
+        },
+    }
+    custom = client.CustomObjectsApi(kube_cluster.api_client)
+    custom.create_namespaced_custom_object("leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", body)
+    core = kube_cluster.core
+    names = {"group-0", "group-0-1", "group-1", "group-1-1"}
+
+    def running() -> dict[str, str] | None:
+        found = _group_pods(core, namespace)
+        return found if set(found) == names else None
+
+    pods = wait_for(
+        running,
+        timeout=60,
+        description="two groups of a leader and a worker, Ready",
+        observe=lambda: _group_pods(core, namespace),
+    )
+    worker = core.read_namespaced_pod("group-0-1", namespace)
+    variables = {e.name: e.value for e in worker.spec.containers[0].env}
+    assert variables["LWS_LEADER_ADDRESS"] == f"group-0.group.{namespace}"
+    assert (variables["LWS_GROUP_SIZE"], variables["LWS_WORKER_INDEX"]) == ("2", "1")
+
+    core.delete_namespaced_pod("group-0-1", namespace)
+
+    def recreated() -> dict[str, str] | None:
+        now = _group_pods(core, namespace)
+        return now if set(now) == names and now["group-0"] != pods["group-0"] else None
+
+    after = wait_for(
+        recreated,
+        timeout=60,
+        description="group 0 recreated, its leader too",
+        observe=lambda: _group_pods(core, namespace),
+    )
+    assert after["group-1"] == pods["group-1"] and after["group-1-1"] == pods["group-1-1"]  # the other group stays
 
 
 def test_print_kubeconfig_path_prints_only_the_path(tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ def test_crd_is_established_with_its_names(kube_cluster: KubeCluster, crd: clien
 def test_openapi_publishes_the_descriptions(kube_cluster: KubeCluster, crd: client.CustomObjectsApi) -> None:
     """What `kubectl explain pd.spec.model.name` reads."""
     published = published_descriptions(kube_cluster.api_client)
-    assert published["spec.model.name"].startswith("Hugging Face model id (e.g. meta-llama/Llama-3.1-70B).")
+    assert published["spec.model.name"].startswith("Hugging Face model id (e.g. meta-llama/Llama-3.1-70B), or an")
     assert published["spec.workload.type"].startswith("inference serves the model with vLLM")
     assert published == ours()
 
@@ -227,6 +227,7 @@ def test_minimal_object_is_accepted_and_defaulted_like_the_models(crd: client.Cu
                 "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                 "gpuResource": "nvidia.com/gpu",
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "topologyKey": "cloud.google.com/gke-nodepool",
             },
             "serving": {
                 "args": ["--enforce-eager"],
@@ -234,6 +235,7 @@ def test_minimal_object_is_accepted_and_defaulted_like_the_models(crd: client.Cu
                 "gpuMemoryUtilization": ".95",
                 "kvCacheDtype": "fp8",
                 "port": 8080,
+                "multiNodeBackend": "leaderWorkerSet",
             },
             "planOnly": True,
         },
@@ -245,8 +247,28 @@ def test_minimal_object_is_accepted_and_defaulted_like_the_models(crd: client.Cu
             "workload": {"type": "training", "sequenceLength": 2048, "batchSize": 16},
             "training": {"command": ["python", "train.py"], "steps": 10},
         },
+        {
+            "model": {"name": MODEL, "tokenSecretRef": {"name": "hf"}, "cache": {"size": "100Gi"}},
+            "workload": {"type": "training", "sequenceLength": 2048, "batchSize": 16},
+            "training": {
+                "init": "pretrained",
+                "data": "tatsu-lab/alpaca",
+                "dataField": "text",
+                "checkpointDir": "/model-cache/checkpoints/run",
+                "checkpointEvery": 100,
+                "exportDir": "/model-cache/exports/run",
+                "exportEvery": 500,
+            },
+        },
+        {
+            "model": {
+                "name": "/model-cache/exports/run",
+                "configFrom": MODEL,
+                "cache": {"claimName": "run-model-cache"},
+            },
+        },
     ],
-    ids=["inference-everything-set", "training-inline-config"],
+    ids=["inference-everything-set", "training-inline-config", "training-fine-tune", "inference-from-an-export"],
 )
 def test_full_objects_are_kept_as_the_models_read_them(
     crd: client.CustomObjectsApi, namespace: str, spec: dict[str, Any]
@@ -289,6 +311,23 @@ INVALID = [
         id="expert-with-training",
     ),
     pytest.param(
+        {
+            "model": {"name": MODEL},
+            "placement": {"topologyKey": "rack"},
+            "serving": {"multiNodeBackend": "statefulSet"},
+        },
+        [
+            'spec: Invalid value: "object": placement.topologyKey places replicas through LeaderWorkerSet\'s '
+            "exclusive topology: use serving.multiNodeBackend auto or leaderWorkerSet, or remove topologyKey"
+        ],
+        id="topology-key-with-statefulsets",
+    ),
+    pytest.param(
+        {"model": {"name": MODEL}, "serving": {"multiNodeBackend": "ray"}},
+        ['spec.serving.multiNodeBackend: Unsupported value: "ray"'],
+        id="multi-node-backend-not-in-enum",
+    ),
+    pytest.param(
         {"model": {"name": MODEL}, "parallelism": {"tensor": 4, "pipeline": 2, "maxGPUs": 4}},
         ['spec.parallelism: Invalid value: "object": maxGPUs must be at least tensor × pipeline'],
         id="max-gpus-below-tensor-times-pipeline",
@@ -305,6 +344,54 @@ INVALID = [
         {"model": {"name": MODEL}, "serving": {"gpuMemoryUtilization": "0.0"}},
         ['spec.serving: Invalid value: "object": gpuMemoryUtilization must be a decimal in (0, 1], e.g. "0.90"'],
         id="gpu-memory-utilization-zero",
+    ),
+    pytest.param(
+        {"model": {"name": MODEL, "cache": {"claimName": "weights", "retain": True}}},
+        [
+            'spec.model.cache: Invalid value: "object": storageClassName, accessModes and retain apply to a cache '
+            "the operator creates (size)"
+        ],
+        id="retain-of-an-existing-claim",
+    ),
+    pytest.param(
+        {"model": {"name": "/model-cache/exports/run"}},
+        ['spec.model: Invalid value: "object": name is a path the operator cannot read: set configFrom'],
+        id="path-without-config-from",
+    ),
+    pytest.param(
+        {"model": {"name": "/model-cache/exports/run", "configFrom": MODEL, "revision": "main"}},
+        ['spec.model: Invalid value: "object": revision selects a Hugging Face revision; a path in name has none'],
+        id="path-with-revision",
+    ),
+    pytest.param(
+        {"model": {"name": MODEL, "configFrom": "/model-cache/base", "config": {"model_type": "llama"}}},
+        [
+            "config and configFrom both describe the architecture: give one",
+            "configFrom names a model the operator resolves (a catalog or Hugging Face id), not a path",
+        ],
+        id="config-from-a-path-and-config",
+    ),
+    pytest.param(
+        {
+            "model": {"name": MODEL},
+            "workload": {"type": "training"},
+            "training": {"command": ["python", "train.py"], "exportDir": "/model-cache/exports/run"},
+        },
+        ["are flags of autoparallel's runtime, which command replaces: pass your program's own flags in args"],
+        id="runtime-flags-with-a-command",
+    ),
+    pytest.param(
+        {
+            "model": {"name": MODEL},
+            "workload": {"type": "training"},
+            "training": {"dataField": "text", "exportEvery": 10, "checkpointEvery": 5, "checkpointDir": "ckpt"},
+        },
+        [
+            "dataField applies to data: set data",
+            "exportEvery needs exportDir",
+            "checkpointDir must be an absolute path on a volume of the pods",
+        ],
+        id="training-fields-without-what-they-need",
     ),
 ]
 

@@ -19,10 +19,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from autoparallel.parallel.train.checkpoint import STEP_DIR  # noqa: E402
-from autoparallel.parallel.train.data import TokenSource  # noqa: E402
+from autoparallel.parallel.train.data import SyntheticRows  # noqa: E402
 from autoparallel.planner.commands import TORCHRUN_MASTER_PORT, TrainOptions, torchrun_args  # noqa: E402
 from autoparallel.planner.inference import Degrees  # noqa: E402
-from hf_checkpoints import cache_model, save_tiny_llama  # noqa: E402
+from tiny_checkpoint import VOCAB_SIZE, cache_model, save_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -226,7 +226,7 @@ def _round_trip_error(export: Path, checkpoints: Path, precision: str) -> float:
     for parameter in runtime.parameters():
         parameter.data = parameter.data.to(dtype)
     assert reloaded.dtype == dtype
-    inputs = TokenSource("synthetic", 128, 16, 8, seed=11).global_batch(0).inputs
+    inputs = SyntheticRows(VOCAB_SIZE, 16, seed=11).read(0, 8)[0]
     with torch.no_grad():
         difference = reloaded(input_ids=inputs).logits.float() - runtime(input_ids=inputs).logits.float()
     return float(difference.abs().max())
@@ -237,8 +237,8 @@ def test_pretrained_loss_at_step_0_is_the_loss_transformers_computes(pretrained:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(pretrained.folder, dtype=torch.float32)
-    batch = TokenSource("synthetic", 128, 16, 8, seed=7).global_batch(0)
-    tokens = torch.cat([batch.inputs, batch.targets[:, -1:]], dim=1)
+    inputs, targets, _ = SyntheticRows(VOCAB_SIZE, 16, seed=7).read(0, 8)
+    tokens = torch.cat([inputs, targets[:, -1:]], dim=1)
     with torch.no_grad():
         expected = float(model(input_ids=tokens, labels=tokens).loss)
     assert abs(pretrained.losses[1] - expected) < 1e-6, (pretrained.losses[1], expected)
@@ -300,3 +300,28 @@ def test_a_model_missing_from_the_cache_fails_with_a_clear_error(tmp_path: Path)
     )
     assert result.returncode == 2
     assert f"not in the Hugging Face cache {tmp_path}/hub (HF_HOME={tmp_path})" in result.stderr
+
+
+def test_packed_documents_at_dp2_with_a_resume_match_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real data: a jsonl dataset tokenized by the checkpoint's tokenizer and packed with document masking. DP=2
+    (FSDP2, one sequence per micro-batch) saved at step 2, mid-epoch, and resumed at DP=2 matches one process
+    over every step, across the epoch boundary: the same rows, order and token-weighted loss."""
+    from tiny_checkpoint import DOCUMENTS, save_tiny_llama
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    save_tiny_llama(tmp_path / "llama")
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in DOCUMENTS * 3))  # 14 rows of 16
+    common = ["--model", str(tmp_path / "llama"), "--data", str(data), "--global-batch-size", "4"]
+    common += ["--micro-batches", "2"]
+    reference = _losses(_train(tmp_path, "one", 1, *common))
+    saved = ["--checkpoint-dir", str(tmp_path / "checkpoints")]
+    dp2 = [*common, "--data-parallel", "2", *saved]
+    first = _losses(_train(tmp_path, "dp2", 2, *dp2, "--steps", "2"))
+    resumed = _losses(_train(tmp_path, "dp2-resumed", 2, *dp2, "--resume"))
+    assert (sorted(first), sorted(resumed)) == ([1, 2], [3, 4, 5])
+    differences = {step: abs(loss - reference[step]) for step, loss in {**first, **resumed}.items()}
+    assert max(differences.values()) < LOSS_TOLERANCE, differences
+    assert reference[STEPS] < reference[1]  # it learns

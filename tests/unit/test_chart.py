@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from autoparallel.cli import build_parser
+from autoparallel.controller.config import DEFAULT_TRAINING_IMAGE
 from autoparallel.controller.kinds import CHILD_KINDS
 from kube import repo_root
 
@@ -191,6 +192,11 @@ def test_container_args_are_the_operators_own_flags(case: tuple[str, str]) -> No
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (args.metrics_port, args.liveness_port) == (ports["metrics"], ports["health"])
     assert args.log_format == values.get("logFormat", "json")
+    if "trainingImage" in values:
+        training = values["trainingImage"]
+        assert args.training_image == f"{training['repository']}:{training['tag']}"
+    else:  # the chart's default is the operator's own (the name `docker build --target training` is given)
+        assert args.training_image == DEFAULT_TRAINING_IMAGE
     leader_election = values.get("leaderElection", {}).get("enabled", True)
     assert args.leader_elect is leader_election
     if leader_election:

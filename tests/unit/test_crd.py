@@ -17,10 +17,12 @@ from pydantic import BaseModel
 
 from autoparallel.controller.crd import CRD_FILE, build_crd, main, render_yaml, structural
 from autoparallel.controller.models import (
+    ModelSpec,
     ParallelDeploymentSpec,
     ParallelDeploymentStatus,
     ParallelismSpec,
     ServingSpec,
+    TrainingSpec,
 )
 from autoparallel.controller.models_pod import CORE_V1_TYPES, core_v1
 
@@ -357,7 +359,13 @@ def test_objects_given_by_default_factory_default_to_empty() -> None:
 
 @pytest.mark.parametrize(
     ("path", "model"),
-    [("spec", ParallelDeploymentSpec), ("spec.parallelism", ParallelismSpec), ("spec.serving", ServingSpec)],
+    [
+        ("spec", ParallelDeploymentSpec),
+        ("spec.model", ModelSpec),
+        ("spec.parallelism", ParallelismSpec),
+        ("spec.serving", ServingSpec),
+        ("spec.training", TrainingSpec),
+    ],
 )
 def test_cel_rules_come_from_the_models(path: str, model: type[BaseModel]) -> None:
     rules = field(path)["x-kubernetes-validations"]
@@ -373,14 +381,29 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
         "scaling applies to inference",
         "scaling sets the replicas: remove parallelism.data (minReplicas is the planned degree)",
         "parallelism.expert applies to inference",
+        "placement.topologyKey places replicas through LeaderWorkerSet's exclusive topology: use "
+        "serving.multiNodeBackend auto or leaderWorkerSet, or remove topologyKey",
         "quantization quantizes an unquantized checkpoint at load time, weightFormat plans for a checkpoint stored "
         "quantized: give one",
+        "name is a path the operator cannot read: set configFrom to the model the checkpoint was trained from (e.g. "
+        "meta-llama/Llama-3.1-8B), or config to its config.json",
+        "config and configFrom both describe the architecture: give one",
+        "configFrom names a model the operator resolves (a catalog or Hugging Face id), not a path: the operator "
+        "cannot read the pods' volumes",
+        "revision selects a Hugging Face revision; a path in name has none: remove revision",
         "cache takes claimName or size",
         "storageClassName, accessModes and retain apply to a cache the operator creates (size)",
         "maxGPUs must be at least tensor × pipeline",
         'gpuMemoryUtilization must be a decimal in (0, 1], e.g. "0.90"',
         "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
         "maxReplicas must be at least minReplicas",
+        "data, dataField, init, checkpointDir, checkpointEvery, exportDir, exportEvery are flags of autoparallel's "
+        "runtime, which command replaces: pass your program's own flags in args",
+        "dataField applies to data: set data",
+        "checkpointEvery needs checkpointDir",
+        "exportEvery needs exportDir",
+        "checkpointDir must be an absolute path on a volume of the pods, e.g. /model-cache/checkpoints/NAME",
+        "exportDir must be an absolute path on a volume of the pods, e.g. /model-cache/exports/NAME",
         "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
         "valueFrom takes exactly one of secretKeyRef, configMapKeyRef, fieldRef",
     ]
@@ -479,7 +502,9 @@ def test_reference_documents_the_printer_columns() -> None:
 # --- the examples -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted((REPO_ROOT / "examples").glob("*.yaml")), ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO_ROOT / "examples").rglob("*.yaml")), ids=lambda path: str(path.relative_to(REPO_ROOT))
+)
 def test_every_example_is_valid_for_the_schema_and_the_models(path: Path) -> None:
     for body in yaml.safe_load_all(path.read_text()):
         if not body or body.get("kind") != "ParallelDeployment":

@@ -87,6 +87,10 @@ def test_only_ready_servers_are_endpoints() -> None:
     assert serving_endpoint(_pod({}, ready=True, ip="")) is None
     worker = _pod({}, ready=True, ip="10.0.0.6", labels={"apps.kubernetes.io/pod-index": "1"})
     assert serving_endpoint(worker) is None  # a Ray worker of a multi-node group runs no server
+    lws_worker = _pod({}, ready=True, ip="10.0.0.7", labels={"leaderworkerset.sigs.k8s.io/worker-index": "1"})
+    assert serving_endpoint(lws_worker) is None  # nor does a LeaderWorkerSet group's worker
+    leader = _pod({}, ready=True, ip="10.0.0.8", labels={"leaderworkerset.sigs.k8s.io/worker-index": "0"})
+    assert serving_endpoint(leader) is not None
 
 
 VLLM_METRICS = (DATA / "metrics.txt").read_text()

@@ -20,6 +20,7 @@ def test_verbs_follow_what_the_operator_does_with_a_kind() -> None:
     assert BY_KIND["PersistentVolumeClaim"].verbs() == {"create", "patch"}  # never pruned, never read
     assert BY_KIND["Job"].verbs() == {"create", "patch", "list", "watch", "delete", "get"}
     assert BY_KIND["Service"].verbs() == {"create", "patch", "list", "delete"}
+    assert BY_KIND["LeaderWorkerSet"].verbs() == {"create", "patch", "list", "watch", "delete"}  # a workload
     assert all({"create", "patch"} <= child.verbs() for child in CHILD_KINDS)
 
 

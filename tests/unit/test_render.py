@@ -20,9 +20,10 @@ import yaml
 from kubernetes import client
 
 from autoparallel.controller.capabilities import OPTIONAL_CRDS
+from autoparallel.controller.config import DEFAULT_TRAINING_IMAGE
 from autoparallel.controller.inventory import LABEL_OWNER_UID
 from autoparallel.controller.kinds import BY_KIND
-from autoparallel.controller.models import CacheSpec, ParallelDeploymentSpec
+from autoparallel.controller.models import CacheSpec, MultiNodeBackend, ParallelDeploymentSpec, ServingSpec
 from autoparallel.controller.plan import LABEL_PRODUCT, ChosenPlan, Owner
 from autoparallel.controller.render import (
     ANNOTATION_PLAN_HASH,
@@ -30,8 +31,10 @@ from autoparallel.controller.render import (
     children_selector,
     render_children,
 )
+from autoparallel.controller.render.cache import download_job_name
 from autoparallel.controller.render.inference import group_script
-from autoparallel.controller.render.training import training_script
+from autoparallel.controller.render.leaderworkerset import leader_script, worker_script
+from autoparallel.controller.render.training import TRAINING_IMAGE_GROUP, training_script
 from autoparallel.planner.commands import TORCHRUN_MASTER_PORT, torchrun_program_args
 from autoparallel.planner.inference import Degrees
 
@@ -105,7 +108,12 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
         ),
     ),
     "inference_multi_node": (
-        _plan(Degrees(tensor=8, pipeline=2, data=1), gpus_per_pod=8, nodes_per_replica=2),
+        _plan(
+            Degrees(tensor=8, pipeline=2, data=1),
+            gpus_per_pod=8,
+            nodes_per_replica=2,
+            multi_node_backend=MultiNodeBackend.STATEFUL_SET,
+        ),
         _spec(
             {
                 "model": {"name": "meta-llama/Llama-3.1-405B", "dtype": "bfloat16", "tokenSecretRef": {"name": "hf"}},
@@ -129,6 +137,28 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
                         "runtimeClassName": "nvidia",
                     }
                 },
+            }
+        ),
+    ),
+    "inference_multi_node_lws": (
+        _plan(
+            Degrees(tensor=8, pipeline=2, data=2),
+            gpus_per_pod=8,
+            nodes_per_replica=2,
+            multi_node_backend=MultiNodeBackend.LEADER_WORKER_SET,
+            max_replicas=4,
+        ),
+        _spec(
+            {
+                "model": {
+                    "name": "meta-llama/Llama-3.1-405B",
+                    "tokenSecretRef": {"name": "hf"},
+                    "cache": {"claimName": "weights-rwx", "prefetch": False},
+                },
+                "workload": {"sequenceLength": 8192},
+                "placement": {"topologyKey": "cloud.google.com/gke-nodepool"},
+                "serving": {"multiNodeBackend": "leaderWorkerSet", "gateway": {"inferencePool": True}},
+                "scaling": {"minReplicas": 2, "maxReplicas": 8},
             }
         ),
     ),
@@ -253,6 +283,42 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
             }
         ),
     ),
+    "training_finetune": (
+        _plan(Degrees(tensor=2, pipeline=1, data=4), gpus_per_pod=8, micro_batches=2),
+        _spec(
+            {
+                "model": {
+                    "name": "meta-llama/Llama-3.1-8B",
+                    "tokenSecretRef": {"name": "hf-token", "key": "token"},
+                    "cache": {"size": "200Gi", "accessModes": ["ReadWriteMany"], "retain": True},
+                },
+                "workload": {"type": "training", "sequenceLength": 4096, "batchSize": 64},
+                "training": {
+                    "steps": 2000,
+                    "init": "pretrained",
+                    "data": "tatsu-lab/alpaca",
+                    "dataField": "text",
+                    "checkpointDir": "/model-cache/checkpoints/llama8b-alpaca",
+                    "checkpointEvery": 200,
+                    "exportDir": "/model-cache/exports/llama8b-alpaca",
+                    "exportEvery": 1000,
+                },
+            }
+        ),
+    ),
+    "inference_from_export": (
+        _plan(Degrees(tensor=1, pipeline=1, data=2), gpus_per_pod=1),
+        _spec(
+            {
+                "model": {
+                    "name": "/model-cache/exports/llama8b-alpaca",
+                    "configFrom": "meta-llama/Llama-3.1-8B",
+                    "cache": {"claimName": "llama8b-alpaca-model-cache"},
+                },
+                "workload": {"sequenceLength": 4096},
+            }
+        ),
+    ),
     "training_user_command": (
         _plan(Degrees(tensor=2, pipeline=1, data=4), gpus_per_pod=4, pool="mi300", gpu_product=None),
         _spec(
@@ -274,6 +340,7 @@ CASES: dict[str, tuple[ChosenPlan, ParallelDeploymentSpec]] = {
 
 SERVED: dict[str, frozenset[str]] = {
     "inference_multi_node": OPTIONAL_CRDS,
+    "inference_multi_node_lws": OPTIONAL_CRDS,
     "inference_overrides": OPTIONAL_CRDS,
     "inference_autoscaled": OPTIONAL_CRDS,
 }
@@ -377,15 +444,27 @@ def assert_known_fields(value: Any, type_name: str, path: str) -> None:
             assert_known_fields(item, model.openapi_types[fields[key]], f"{path}.{key}")
 
 
+def templates_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod templates of a workload: its template, or a LeaderWorkerSet's leader and worker templates."""
+    if manifest["kind"] == "LeaderWorkerSet":
+        groups = manifest["spec"]["leaderWorkerTemplate"]
+        return [groups["leaderTemplate"], groups["workerTemplate"]]
+    return [manifest["spec"]["template"]] if "template" in manifest.get("spec", {}) else []
+
+
 def pod_templates(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m["spec"]["template"] for m in manifests if "template" in m["spec"]]
+    return [template for m in manifests for template in templates_of(m)]
 
 
-def main_container(manifest: dict[str, Any]) -> dict[str, Any]:
-    containers = manifest["spec"]["template"]["spec"]["containers"]
+def only_container(template: dict[str, Any]) -> dict[str, Any]:
+    containers = template["spec"]["containers"]
     assert len(containers) == 1
     container: dict[str, Any] = containers[0]
     return container
+
+
+def main_container(manifest: dict[str, Any]) -> dict[str, Any]:
+    return only_container(manifest["spec"]["template"])
 
 
 def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -434,7 +513,8 @@ def test_metadata_ties_children_to_the_owner_and_plan(name: str) -> None:
                 "blockOwnerDeletion": True,
             }
         ]
-        assert meta["annotations"] == {ANNOTATION_PLAN_HASH: plan.plan_hash}
+        assert meta["annotations"][ANNOTATION_PLAN_HASH] == plan.plan_hash
+        assert set(meta["annotations"]) <= {ANNOTATION_PLAN_HASH, "leaderworkerset.sigs.k8s.io/exclusive-topology"}
         assert meta["labels"][LABEL_OWNER_UID] == OWNER.uid
         assert meta["labels"][LABEL_MANAGED_BY] == "autoparallel"
         assert meta["labels"]["app.kubernetes.io/instance"] == OWNER.name
@@ -451,8 +531,9 @@ def test_workload_selectors_match_their_pod_templates(name: str) -> None:
         if manifest["kind"] in {"Deployment", "StatefulSet"}:
             selector = manifest["spec"]["selector"]["matchLabels"]
             assert selector.items() <= manifest["spec"]["template"]["metadata"]["labels"].items()
-        if manifest["kind"] == "Service":  # selects some pod (pod-index is added by the StatefulSet controller)
-            selector = {k: v for k, v in manifest["spec"]["selector"].items() if k != "apps.kubernetes.io/pod-index"}
+        if manifest["kind"] == "Service":  # selects some pod (the indexes are added by the StatefulSet/LWS controller)
+            indexes = {"apps.kubernetes.io/pod-index", "leaderworkerset.sigs.k8s.io/worker-index"}
+            selector = {k: v for k, v in manifest["spec"]["selector"].items() if k not in indexes}
             assert any(selector.items() <= t["metadata"]["labels"].items() for t in templates)
 
 
@@ -460,12 +541,10 @@ def test_workload_selectors_match_their_pod_templates(name: str) -> None:
 def test_pods_request_the_planned_gpus_on_the_planned_pool(name: str) -> None:
     plan, spec = CASES[name]
     gpu = spec.placement.gpu_resource
-    for manifest in render_case(name):
-        if "template" not in manifest["spec"] or is_cache(manifest):
-            continue
-        resources = main_container(manifest)["resources"]
+    for template in pod_templates([m for m in render_case(name) if not is_cache(m)]):
+        resources = only_container(template)["resources"]
         assert resources["requests"][gpu] == resources["limits"][gpu] == str(plan.gpus_per_pod)
-        pod = manifest["spec"]["template"]["spec"]
+        pod = template["spec"]
         assert pod["enableServiceLinks"] is False
         assert {"key": gpu, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         selector = pod.get("nodeSelector", {})
@@ -532,7 +611,12 @@ def test_moe_wide_expert_parallelism_runs_attention_data_parallel_in_one_pod() -
 
 
 def test_multi_node_inference_is_a_ray_group_per_replica() -> None:
-    plan = _plan(Degrees(tensor=8, pipeline=2, data=2), gpus_per_pod=8, nodes_per_replica=2)
+    plan = _plan(
+        Degrees(tensor=8, pipeline=2, data=2),
+        gpus_per_pod=8,
+        nodes_per_replica=2,
+        multi_node_backend=MultiNodeBackend.STATEFUL_SET,
+    )
     spec = CASES["inference_multi_node"][1]
     manifests = render_children(plan, spec, OWNER)
     assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [
@@ -559,6 +643,54 @@ def test_multi_node_inference_is_a_ray_group_per_replica() -> None:
         assert f"--address=llama-r{replica}-0.llama-r{replica}.models.svc.cluster.local:6379" in script
         assert "--distributed-executor-backend ray" in script
         assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in script
+
+
+def test_multi_node_inference_on_a_leader_worker_set_is_one_object_of_dp_groups() -> None:
+    plan, spec = CASES["inference_multi_node_lws"]
+    fixed = spec.model_copy(update={"scaling": None})
+    manifests = render_children(plan, fixed, OWNER)
+    assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [
+        ("Service", "llama"),
+        ("LeaderWorkerSet", "llama-lws"),  # not "llama": its controller names its headless Service after it
+    ]
+    endpoint, lws = manifests
+    assert endpoint["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"  # the leaders serve
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+    assert lws["metadata"]["annotations"]["leaderworkerset.sigs.k8s.io/exclusive-topology"] == (
+        "cloud.google.com/gke-nodepool"
+    )
+    assert lws["spec"]["replicas"] == plan.degrees.data
+    assert lws["spec"]["startupPolicy"] == "LeaderCreated"
+    assert lws["spec"]["rolloutStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    groups = lws["spec"]["leaderWorkerTemplate"]
+    assert (groups["size"], groups["restartPolicy"]) == (plan.nodes_per_replica, "RecreateGroupOnPodRestart")
+    leader, worker = only_container(groups["leaderTemplate"]), only_container(groups["workerTemplate"])
+    assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in leader["command"][2]
+    assert "--distributed-executor-backend ray" in leader["command"][2]
+    assert leader["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert [p["name"] for p in leader["ports"]] == ["http", "ray-gcs"]
+    assert "readinessProbe" not in worker and "livenessProbe" not in worker  # no server: ready while running
+    assert "ports" not in worker
+    for container in (leader, worker):  # both load their shard of the weights
+        assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}} in container[
+            "env"
+        ]
+        assert {"name": "model-cache", "mountPath": "/model-cache"} in container["volumeMounts"]
+    for template in (groups["leaderTemplate"], groups["workerTemplate"]):
+        assert_known_fields(template, "V1PodTemplateSpec", "LeaderWorkerSet.template")
+        client.ApiClient()._ApiClient__deserialize(template, "V1PodTemplateSpec")  # type: ignore[attr-defined]
+        assert template["metadata"]["labels"].items() >= endpoint["spec"]["selector"].items() - {
+            ("leaderworkerset.sigs.k8s.io/worker-index", "0")
+        }
+    assert not by_kind(manifests, "StatefulSet")
+
+
+def kubelet_expand(script: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of a container command, for the variables of the container's ``env``."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), script)
 
 
 # --- the shell scripts, run against stand-in executables -----------------------------------------------------
@@ -601,6 +733,21 @@ def test_group_workers_wait_for_the_head_and_join_it(fake_bin: Path) -> None:
         assert calls == [f"ray health-check --address={head}", f"ray start --address={head} --block"]
 
 
+def test_lws_leader_starts_the_ray_head_and_serves(fake_bin: Path) -> None:
+    plan, spec = CASES["inference_multi_node_lws"]
+    calls = run_script(leader_script(plan, spec), fake_bin, {})
+    assert calls[0] == "ray start --head --port=6379"
+    assert calls[1].startswith("vllm serve meta-llama/Llama-3.1-405B --tensor-parallel-size 8")
+    assert len(calls) == 2
+
+
+def test_lws_workers_wait_for_their_leader_and_join_it(fake_bin: Path) -> None:
+    env = {"LWS_LEADER_ADDRESS": "llama-lws-1.llama-lws.models", "LWS_WORKER_INDEX": "1"}  # set by LWS's webhook
+    head = "llama-lws-1.llama-lws.models:6379"
+    calls = run_script(kubelet_expand(worker_script(), env), fake_bin, env)
+    assert calls == [f"ray health-check --address={head}", f"ray start --address={head} --block"]
+
+
 def test_group_probe_checks_vllm_on_pod_0_only(fake_bin: Path) -> None:
     statefulset = by_kind(render_case("inference_multi_node"), "StatefulSet")[0]
     probe = main_container(statefulset)["readinessProbe"]["exec"]["command"]
@@ -618,7 +765,7 @@ def test_training_script_expands_the_rendezvous_variables(fake_bin: Path) -> Non
         "torchrun --nnodes=2 --nproc-per-node=8 --node-rank=1 --master-addr=llama-0.llama --master-port=29500 "
         "-m autoparallel.parallel.train --tensor-parallel 2 --pipeline-parallel 2 --data-parallel 4 "
     )
-    assert call.endswith("--micro-batches 8 --steps 1000 --log-every 10")
+    assert call.endswith("--micro-batches 8 --steps 1000 --precision bf16 --log-every 10")
 
 
 def test_training_user_command_replaces_the_runtime(fake_bin: Path) -> None:
@@ -672,6 +819,89 @@ def test_user_env_cannot_override_the_rendezvous() -> None:
     assert main_container(job)["image"] == "registry.example.com/team/trainer:1.4"
 
 
+def _flags(argv: list[str]) -> dict[str, str | None]:
+    """``--flag value`` pairs of the runtime's part of a torchrun command line (``--flag`` alone maps to None)."""
+    runtime = argv[argv.index("autoparallel.parallel.train") + 1 :]
+    flags: dict[str, str | None] = {}
+    for index, item in enumerate(runtime):
+        if item.startswith("--"):
+            following = runtime[index + 1] if index + 1 < len(runtime) else "--"
+            flags[item] = None if following.startswith("--") else following
+    return flags
+
+
+def test_the_training_fields_become_the_runtimes_flags(fake_bin: Path) -> None:
+    plan, spec = CASES["training_finetune"]
+    [call] = run_script(training_script(plan, spec), fake_bin, {"PET_NODE_RANK": "0", "PET_MASTER_ADDR": "m"})
+    flags = _flags(call.split(" "))
+    training = spec.training
+    assert training is not None
+    assert flags["--model"] == spec.model.name
+    assert flags["--init"] == "pretrained"
+    assert (flags["--data"], flags["--data-field"]) == (training.data, training.data_field)
+    assert (flags["--checkpoint-dir"], flags["--checkpoint-every"]) == (training.checkpoint_dir, "200")
+    assert (flags["--export-dir"], flags["--export-every"]) == (training.export_dir, "1000")
+    assert "--resume" in flags and flags["--resume"] is None  # a retried pod continues from the newest checkpoint
+    # Unset fields leave the runtime's defaults: no flag at all.
+    plain_plan, plain = CASES["training_one_pod"]
+    plain_call = run_script(  # the stand-in appends: this run's call is the last
+        training_script(plain_plan, plain), fake_bin, {"PET_NODE_RANK": "0", "PET_MASTER_ADDR": "m"}
+    )[-1]
+    runtime_flags = {"--init", "--data", "--data-field", "--checkpoint-dir", "--export-dir", "--resume"}
+    assert not runtime_flags & set(_flags(plain_call.split(" ")))
+
+
+def test_training_pods_load_the_model_as_serving_pods_do() -> None:
+    """The same spec.model (token Secret, cache) gives the trainer the environment, mount and volume that it gives
+    a vLLM pod, and the trainer waits for the same download Job."""
+    plan, spec = CASES["training_finetune"]
+    serving = ParallelDeploymentSpec.model_validate({"model": spec.model.model_dump(by_alias=True, exclude_none=True)})
+    [trainer] = [m for m in render_children(plan, spec, OWNER) if m["kind"] == "Job" and not is_cache(m)]
+    [vllm] = by_kind(render_children(_plan(Degrees(tensor=8, pipeline=1, data=1), 8), serving, OWNER), "Deployment")
+    model_variables = {"HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE"}
+
+    def model_env(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+        return [e for e in main_container(manifest)["env"] if e["name"] in model_variables]
+
+    assert model_env(trainer) == model_env(vllm) and len(model_env(trainer)) == 3
+    cache_mount = {"name": "model-cache", "mountPath": "/model-cache"}
+    assert (
+        cache_mount in main_container(trainer)["volumeMounts"] and cache_mount in main_container(vllm)["volumeMounts"]
+    )
+    claim = {"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{OWNER.name}-model-cache"}}
+    assert (
+        claim in trainer["spec"]["template"]["spec"]["volumes"] and claim in vllm["spec"]["template"]["spec"]["volumes"]
+    )
+    assert [m["kind"] for m in render_children(plan, spec, OWNER, model_cached=False)] == [
+        "PersistentVolumeClaim",
+        "Job",
+    ]
+
+
+def test_training_pods_run_the_operators_image_unless_the_spec_names_one() -> None:
+    plan, spec = CASES["training_finetune"]
+    job = by_kind(render_children(plan, spec, OWNER, training_image="registry.example.com/ml/train:2"), "Job")[-1]
+    assert main_container(job)["image"] == "registry.example.com/ml/train:2"
+    assert main_container(by_kind(render_children(plan, spec, OWNER), "Job")[-1])["image"] == DEFAULT_TRAINING_IMAGE
+    named_plan, named = CASES["training_user_command"]
+    job = by_kind(render_children(named_plan, named, OWNER, training_image="registry.example.com/ml/train:2"), "Job")[0]
+    assert main_container(job)["image"] == "registry.example.com/team/trainer:1.4"
+
+
+def test_training_volumes_are_writable_by_the_images_group_unless_the_pod_template_says_otherwise() -> None:
+    plan, spec = CASES["training_finetune"]
+    pod = by_kind(render_children(plan, spec, OWNER), "Job")[-1]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"fsGroup": TRAINING_IMAGE_GROUP, "fsGroupChangePolicy": "OnRootMismatch"}
+    own_plan, own = CASES["training_two_pods"]  # podTemplate.spec.securityContext: runAsUser and fsGroup 1000
+    pod = by_kind(render_children(own_plan, own, OWNER), "Job")[0]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsUser": 1000, "fsGroup": 1000}
+    serving_plan, serving = CASES["inference_cached"]
+    assert (
+        "securityContext"
+        not in by_kind(render_children(serving_plan, serving, OWNER), "Deployment")[0]["spec"]["template"]["spec"]
+    )
+
+
 # --- the weight cache ----------------------------------------------------------------------------------------
 
 
@@ -686,7 +916,7 @@ def test_a_cache_is_a_claim_a_download_job_and_hf_home_in_every_pod() -> None:
         "storageClassName": "premium-rwo",
     }
     download = job["spec"]["template"]["spec"]
-    assert download["containers"][0]["command"][-3:] == ["meta-llama/Llama-3.1-70B-Instruct", "--revision", "1605565"]
+    assert download["containers"][0]["command"][:2] == ["/bin/sh", "-c"]
     assert {e["name"] for e in download["containers"][0]["env"]} == {"HF_TOKEN", "HF_HOME"}
     assert download["volumes"] == [
         {"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{OWNER.name}-model-cache"}}
@@ -729,6 +959,98 @@ def test_an_existing_claim_is_mounted_and_never_created_and_retain_drops_the_own
         }
     )
     assert "ownerReferences" not in render_children(plan, kept, OWNER)[0]["metadata"]
+
+
+def _download_calls(spec: ParallelDeploymentSpec, tmp_path: Path, cli: str = "hf") -> list[str]:
+    """What the download Job's script runs, with a stand-in ``cli`` (hf, or the older huggingface-cli) on PATH."""
+    bin_dir = tmp_path / cli
+    bin_dir.mkdir()
+    (bin_dir / cli).write_text(f'#!/bin/sh\necho "{cli} $*" >> "{tmp_path}/{cli}.calls"\n')
+    (bin_dir / cli).chmod(0o755)
+    [job] = [m for m in render_children(*_first(spec), OWNER) if m["kind"] == "Job" and is_cache(m)]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    sh = shutil.which("sh")
+    assert sh is not None and command[0] == "/bin/sh"
+    subprocess.run([sh, *command[1:]], env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True, timeout=30)
+    return (tmp_path / f"{cli}.calls").read_text().splitlines()
+
+
+def _first(spec: ParallelDeploymentSpec) -> tuple[ChosenPlan, ParallelDeploymentSpec]:
+    return _plan(Degrees(tensor=8, pipeline=1, data=1), gpus_per_pod=8), spec
+
+
+def test_the_download_job_fetches_the_model_and_a_hub_dataset(tmp_path: Path) -> None:
+    _, spec = CASES["training_finetune"]
+    assert _download_calls(spec, tmp_path) == [
+        "hf download meta-llama/Llama-3.1-8B",
+        "hf download --repo-type dataset tatsu-lab/alpaca",
+    ]
+    _, pinned = CASES["inference_cached"]
+    assert _download_calls(pinned, tmp_path, "huggingface-cli") == [
+        "huggingface-cli download meta-llama/Llama-3.1-70B-Instruct --revision 1605565"
+    ]
+
+
+def test_a_dataset_on_a_volume_is_not_downloaded_and_the_dataset_names_the_job(tmp_path: Path) -> None:
+    _, spec = CASES["training_finetune"]
+    assert spec.training is not None
+    local = spec.model_copy(update={"training": spec.training.model_copy(update={"data": "/model-cache/chat.jsonl"})})
+    assert _download_calls(local, tmp_path) == ["hf download meta-llama/Llama-3.1-8B"]
+    names = {
+        download_job_name(variant, OWNER)
+        for variant in (
+            spec,
+            local,
+            spec.model_copy(update={"training": spec.training.model_copy(update={"data": "a/b"})}),
+        )
+    }
+    assert len(names) == 3
+
+
+def test_training_from_an_export_downloads_only_its_hub_dataset(tmp_path: Path) -> None:
+    """A model at a path is on the volume already; the Hub dataset still comes through the download Job, and the
+    pods then run offline."""
+    _, spec = CASES["training_finetune"]
+    continued = spec.model_copy(
+        update={
+            "model": spec.model.model_copy(
+                update={"name": "/model-cache/exports/llama8b-alpaca", "config_from": "meta-llama/Llama-3.1-8B"}
+            )
+        }
+    )
+    assert continued.prefetched
+    assert _download_calls(continued, tmp_path) == ["hf download --repo-type dataset tatsu-lab/alpaca"]
+    job = by_kind(render_children(*_first(continued), OWNER), "Job")[-1]
+    env = {e["name"]: e.get("value") for e in main_container(job)["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert _flags(main_container(job)["command"][2].split(" "))["--model"] == "/model-cache/exports/llama8b-alpaca"
+    assert spec.training is not None
+    local_data = continued.model_copy(update={"training": spec.training.model_copy(update={"data": "/model-cache/d"})})
+    assert not local_data.prefetched  # nothing left to download: no Job, no HF_HUB_OFFLINE
+    assert not [m for m in render_children(*_first(local_data), OWNER) if m["kind"] == "Job" and is_cache(m)]
+
+
+def test_a_model_at_a_path_is_served_from_the_volume_under_its_folders_name() -> None:
+    plan, spec = CASES["inference_from_export"]
+    assert spec.model.cache is not None and spec.model.cache.prefetch  # asked for, but a path is never downloaded:
+    assert not spec.prefetched  # the pods wait for no download Job
+    manifests = render_children(plan, spec, OWNER)
+    assert [m["kind"] for m in manifests] == ["Service", "Deployment"]  # an existing claim, no download Job
+    deployment = manifests[1]
+    command = main_container(deployment)["command"]
+    assert command[:3] == ["vllm", "serve", "/model-cache/exports/llama8b-alpaca"]
+    assert command[command.index("--served-model-name") + 1] == "llama8b-alpaca"
+    env = {e["name"]: e.get("value") for e in main_container(deployment)["env"]}
+    assert env == {"HF_HOME": "/model-cache"}  # no HF_HUB_OFFLINE: nothing was prefetched
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in main_container(deployment)["volumeMounts"]
+    renamed = spec.model_copy(update={"serving": ServingSpec(args=["--served-model-name", "chat"])})
+    command = main_container(by_kind(render_children(plan, renamed, OWNER), "Deployment")[0])["command"]
+    assert command[-2:] == ["--served-model-name", "chat"]  # later than the operator's: vLLM keeps the last
+    hub_plan, hub = CASES["inference_cached"]
+    assert (
+        "--served-model-name"
+        not in main_container(by_kind(render_children(hub_plan, hub, OWNER), "Deployment")[0])["command"]
+    )
 
 
 # --- optional integrations -----------------------------------------------------------------------------------
@@ -793,3 +1115,32 @@ def test_an_inference_pool_selects_the_vllm_servers_only_when_asked_and_served()
     assert not by_kind(render_children(plan, spec, OWNER), "InferencePool")  # the CRD is not served
     group_plan, group_spec = CASES["inference_multi_node"]
     assert not by_kind(render_children(group_plan, group_spec, OWNER, served=OPTIONAL_CRDS), "InferencePool")
+
+
+def test_on_a_leader_worker_set_the_integrations_select_the_leaders_and_scale_the_groups() -> None:
+    plan, spec = CASES["inference_multi_node_lws"]
+    manifests = render_children(plan, spec, OWNER, served=OPTIONAL_CRDS)
+    [lws] = by_kind(manifests, "LeaderWorkerSet")
+    assert "replicas" not in lws["spec"]  # the autoscaler owns the group count
+    leaders = {**lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]}
+    leaders["leaderworkerset.sigs.k8s.io/worker-index"] = "0"  # what the LWS controller adds to a leader
+    [monitor] = by_kind(manifests, "PodMonitor")
+    [pool] = by_kind(manifests, "InferencePool")
+    [service] = by_kind(manifests, "Service")
+    for selector in (monitor["spec"]["selector"]["matchLabels"], pool["spec"]["selector"]["matchLabels"]):
+        assert selector == service["spec"]["selector"]
+        assert selector.items() <= leaders.items()
+        assert selector["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    [scaled] = by_kind(manifests, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "name": "llama-lws",
+    }
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (2, 4)
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    pods = re.search(r'pod=~"([^"]+)"', query)
+    assert pods is not None
+    assert re.fullmatch(pods.group(1), "llama-lws-3") and not re.fullmatch(pods.group(1), "llama-lws-3-1")
+    [hpa] = by_kind(render_children(plan, spec, OWNER), "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "LeaderWorkerSet"

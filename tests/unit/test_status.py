@@ -51,6 +51,25 @@ def test_child_readiness_of_each_kind() -> None:
     assert child_readiness({"kind": "Service", "metadata": {"name": "x"}}) is None
 
 
+def test_a_leader_worker_set_counts_the_groups_ready_on_its_current_template() -> None:
+    def lws(replicas: int, ready: int, updated: int) -> dict[str, object]:
+        return {
+            "kind": "LeaderWorkerSet",
+            "metadata": {"name": "l-lws", "annotations": {"autoparallel.io/plan-hash": "h"}},
+            "spec": {"replicas": replicas, "leaderWorkerTemplate": {"size": 2}},
+            "status": {"readyReplicas": ready, "updatedReplicas": updated, "replicas": replicas},
+        }
+
+    assert child_readiness(lws(2, 2, 2)) == ChildReadiness("LeaderWorkerSet", "l-lws", 2, 2, plan_hash="h")
+    rolling = child_readiness(lws(2, 2, 1))  # one group still runs the old template
+    assert rolling is not None and (rolling.replicas, rolling.ready) == (2, 1)
+    fresh = child_readiness({"kind": "LeaderWorkerSet", "metadata": {"name": "l-lws"}, "spec": {}})
+    assert fresh is not None and (fresh.replicas, fresh.ready) == (1, 0)  # replicas defaulted, no status yet
+    assert readiness_condition(2, [ChildReadiness("LeaderWorkerSet", "l-lws", 2, 2, plan_hash="h")], "h")[0] == (
+        ConditionStatus.TRUE
+    )
+
+
 def test_ready_counts_only_children_of_the_current_plan() -> None:
     children = [
         ChildReadiness("Deployment", "d", 2, 2, plan_hash="old"),

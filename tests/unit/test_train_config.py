@@ -1,4 +1,4 @@
-"""The training runtime's configuration, data order and pipeline split (pure, no process group)."""
+"""The training runtime's configuration and pipeline split (pure, no process group); data: test_train_data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ torch = pytest.importorskip("torch")
 
 from autoparallel.parallel.train import checkpoint  # noqa: E402
 from autoparallel.parallel.train.config import ConfigError, TrainConfig, load_config  # noqa: E402
-from autoparallel.parallel.train.data import TokenSource  # noqa: E402
 from autoparallel.parallel.train.layout import keep_stage, layer_range  # noqa: E402
 from autoparallel.parallel.train.model import TinyGPT, TinyGPTConfig, build_model  # noqa: E402
 from autoparallel.planner.commands import TrainOptions, torchrun_args  # noqa: E402
@@ -72,24 +71,6 @@ def test_unknown_yaml_option_is_rejected(tmp_path: Path) -> None:
 def test_invalid_layouts_name_the_numbers(config: TrainConfig, world_size: int, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config.validate(world_size)
-
-
-def test_data_parallel_ranks_split_the_same_global_batch() -> None:
-    source = TokenSource("synthetic", vocab_size=128, seq_len=16, global_batch_size=8, seed=3)
-    whole = source.global_batch(5)
-    halves = [source.rank_batch(5, rank, 2) for rank in range(2)]
-    assert torch.equal(torch.cat([h.inputs for h in halves]), whole.inputs)
-    assert torch.equal(whole.inputs[:, 1:], whole.targets[:, :-1])
-    assert not torch.equal(source.global_batch(6).inputs, whole.inputs)
-    assert torch.equal(TokenSource("synthetic", 128, 16, 8, 3).global_batch(5).inputs, whole.inputs)
-
-
-def test_text_data_reads_byte_windows(tmp_path: Path) -> None:
-    path = tmp_path / "corpus.txt"
-    path.write_text("the quick brown fox jumps over the lazy dog " * 4)
-    batch = TokenSource(str(path), vocab_size=256, seq_len=8, global_batch_size=2, seed=0).global_batch(0)
-    text = bytes(path.read_bytes())
-    assert bytes(batch.inputs[0].tolist()) in text
 
 
 def test_stages_keep_full_model_names() -> None:

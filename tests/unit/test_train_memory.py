@@ -43,7 +43,7 @@ def test_model_states_and_activations_match_the_planner() -> None:
     optimizer = MasterAdamW(model, "bf16", lr=1e-3, weight_decay=0.0)
     inputs = torch.randint(0, config.vocab_size, (MICRO_BATCH, SEQ_LEN))
     targets = torch.randint(0, config.vocab_size, (MICRO_BATCH, SEQ_LEN))
-    activations = saved_activation_bytes(model, lambda: causal_lm_loss(model(inputs), targets))
+    activations = saved_activation_bytes(model, lambda: causal_lm_loss(model(inputs), targets, targets.numel()))
     optimizer.collect_gradients()
     measured = optimizer.state_bytes()
 

@@ -15,7 +15,7 @@ from autoparallel.parallel.train.config import ConfigError  # noqa: E402
 from autoparallel.parallel.train.layout import keep_stage, layer_range  # noqa: E402
 from autoparallel.parallel.train.model import CausalLMLogits  # noqa: E402
 from autoparallel.parallel.train.stages import PIPELINE_MODEL_TYPES, SkippedLayer  # noqa: E402
-from hf_checkpoints import LLAMA  # noqa: E402
+from tiny_checkpoint import LLAMA  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

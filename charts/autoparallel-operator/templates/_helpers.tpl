@@ -39,13 +39,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{- define "autoparallel-operator.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag }}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{/* An image reference from {image: {repository, tag, digest}, appVersion}: by digest when one is set. */}}
+{{- define "autoparallel-operator.imageRef" -}}
+{{- $tag := default .appVersion .image.tag }}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- printf "%s:%s" .image.repository $tag }}
 {{- end }}
+{{- end }}
+
+{{- define "autoparallel-operator.image" -}}
+{{- include "autoparallel-operator.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The training pods' default image (the operator's --training-image). */}}
+{{- define "autoparallel-operator.trainingImage" -}}
+{{- include "autoparallel-operator.imageRef" (dict "image" .Values.trainingImage "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{/*
@@ -72,6 +82,10 @@ create when the object does not exist yet.
 # Applied, watched for readiness, listed by owner label and deleted when they belong to an older plan.
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
+  verbs: [list, watch, create, patch, delete]
+# Multi-node replicas on LeaderWorkerSet (where its CRD is served): one per plan, handled like the above.
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
   verbs: [list, watch, create, patch, delete]
 # Training runs are Jobs: applied and watched like the servers; a Job's pod template is immutable, so
 # one of an older plan is read (get) and deleted before the new one is applied.

@@ -6,6 +6,10 @@ import json
 import os
 from dataclasses import dataclass, fields
 
+DEFAULT_TRAINING_IMAGE = "autoparallel-training:0.1.0"
+"""What ``docker build --target training -t autoparallel-training:0.1.0 .`` names the training image (no image is
+published: push it to your registry and point ``--training-image`` / the chart's ``trainingImage`` there)."""
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -29,6 +33,8 @@ class OperatorConfig:
     """Namespace of the Lease (the chart sets the operator's own namespace)."""
     leader_election_name: str = "autoparallel-operator"
     """Name of the Lease."""
+    training_image: str = DEFAULT_TRAINING_IMAGE
+    """Image of the training pods whose resource leaves ``spec.training.image`` unset."""
 
     def prices(self) -> dict[str, float]:
         """The parsed ``gpu_prices``; a malformed value is a configuration error of the operator itself."""

@@ -24,7 +24,7 @@ from autoparallel.controller.models import (
     WorkloadType,
 )
 from autoparallel.controller.planning import PlanFailure, PlanResult
-from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD
+from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD, download_subject
 from autoparallel.controller.status import (
     DEGRADED,
     PLANNED,
@@ -94,19 +94,20 @@ def _workloads(children: Sequence[ChildReadiness]) -> list[ChildReadiness]:
 
 
 def _model_cached(derived: _Derived) -> Verdict | None:
-    """Whether the weight cache holds the model (only with ``cache.prefetch``): the download Job's state."""
+    """Whether the weight cache holds the model and dataset (only when a download Job prefetches them): that Job's
+    state."""
     spec = derived.facts.spec
-    if spec is None or spec.plan_only or spec.model.cache is None or not spec.model.cache.prefetch:
+    if spec is None or spec.plan_only or not spec.prefetched:
         return None
-    model = f"{spec.model.name}@{spec.model.revision or 'main'}"
+    subject = download_subject(spec)
     job = next((c for c in derived.facts.children if c.component == COMPONENT_DOWNLOAD), None)
     if job is None:
-        return ConditionStatus.FALSE, "Downloading", f"the download Job of {model} is being created"
+        return ConditionStatus.FALSE, "Downloading", f"the download Job of {subject} is being created"
     if job.complete:
-        return ConditionStatus.TRUE, "Cached", f"{model} is in the cache (Job {job.name} completed)"
+        return ConditionStatus.TRUE, "Cached", f"in the cache: {subject} (Job {job.name} completed)"
     if job.failed:
-        return ConditionStatus.FALSE, "DownloadFailed", f"Job {job.name} failed to download {model}: {job.message}"
-    return ConditionStatus.FALSE, "Downloading", f"Job {job.name} is downloading {model} into the cache"
+        return ConditionStatus.FALSE, "DownloadFailed", f"Job {job.name} failed to download {subject}: {job.message}"
+    return ConditionStatus.FALSE, "Downloading", f"Job {job.name} is downloading {subject} into the cache"
 
 
 def _ready(derived: _Derived, decided: dict[str, Verdict | None]) -> Verdict:

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH, LABEL_OWNER_UID
 from autoparallel.controller.models import OutOfMemoryRecord, ParallelDeploymentSpec, ParallelDeploymentStatus
 from autoparallel.controller.render.common import COMPONENT_INFERENCE, LABEL_COMPONENT
-from autoparallel.controller.render.inference import LABEL_POD_INDEX
+from autoparallel.controller.render.inference import LABEL_POD_INDEX, LABEL_WORKER_INDEX
 
 OOM_SIGNATURES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # torch's allocator (c10/cuda/CUDACachingAllocator.cpp): weights, the profiling run or CUDA-graph capture.
@@ -215,7 +215,7 @@ def serving_endpoint(pod: Mapping[str, Any]) -> Endpoint | None:
     labels = meta.get("labels") or {}
     status = pod.get("status") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    server = labels.get(LABEL_POD_INDEX, "0") == "0"
+    server = labels.get(LABEL_POD_INDEX, "0") == "0" and labels.get(LABEL_WORKER_INDEX, "0") == "0"  # a group's head
     if labels.get(LABEL_COMPONENT) != COMPONENT_INFERENCE or not (ready and server and status.get("podIP")):
         return None
     plan_hash = (meta.get("annotations") or {}).get(ANNOTATION_PLAN_HASH)

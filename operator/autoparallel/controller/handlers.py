@@ -103,6 +103,11 @@ async def _child(body: kopf.Body, **_: Any) -> dict[str, ChildReadiness]:
 child_deployments = kopf.index("apps", "v1", "deployments", labels=MANAGED, id="child_deployments")(_child)
 child_statefulsets = kopf.index("apps", "v1", "statefulsets", labels=MANAGED, id="child_statefulsets")(_child)
 child_jobs = kopf.index("batch", "v1", "jobs", labels=MANAGED, id="child_jobs")(_child)
+# Served only where LeaderWorkerSet is installed: kopf logs the resource as unresolved otherwise, and starts
+# watching it when its CRD appears (kopf watches CRDs).
+child_leader_worker_sets = kopf.index(
+    "leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED, id="child_leader_worker_sets"
+)(_child)
 
 
 @kopf.index(*RESOURCE)
@@ -148,7 +153,7 @@ def _shared(indices: Mapping[str, Any]) -> _Shared:
 def _snapshot(indices: Mapping[str, Any], uid: str, shared: _Shared | None = None) -> Snapshot:
     shared = shared or _shared(indices)
     children: list[ChildReadiness] = []
-    for index in ("child_deployments", "child_statefulsets", "child_jobs"):
+    for index in ("child_deployments", "child_statefulsets", "child_leader_worker_sets", "child_jobs"):
         children.extend(indices[index].get(uid, []))
     return Snapshot(
         nodes=shared.nodes,

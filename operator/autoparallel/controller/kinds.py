@@ -59,6 +59,15 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("v1", "Service", "services"),
     ChildKind("apps/v1", "Deployment", "deployments", watched=True),
     ChildKind("apps/v1", "StatefulSet", "statefulsets", watched=True),
+    # Multi-node replicas on LeaderWorkerSet (spec.serving.multiNodeBackend): a workload like the two above, so not
+    # capability_dependent (the plan, and its hash, say which backend runs); listed and pruned only while served.
+    ChildKind(
+        "leaderworkerset.x-k8s.io/v1",
+        "LeaderWorkerSet",
+        "leaderworkersets",
+        watched=True,
+        requires="leaderworkersets.leaderworkerset.x-k8s.io",
+    ),
     ChildKind("batch/v1", "Job", "jobs", watched=True, replaced=True),
     # The weight cache holds downloaded weights: never pruned, it goes with its owner (garbage collection)
     # or stays (cache.retain).

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import ConfigDict, Field
+from pydantic.config import JsonDict
 
 from autoparallel.controller.models_pod import EnvFromSource, EnvVar, PodTemplate, Toleration
 from autoparallel.controller.models_pod import KubeModel as _Model
@@ -22,7 +23,6 @@ PLURAL = "paralleldeployments"
 SHORT_NAMES = ("pd", "pdeploy")
 
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.19.0"
-DEFAULT_TRAINING_IMAGE = "ghcr.io/autoparallel/autoparallel:0.1.0"
 
 
 class WorkloadType(StrEnum):
@@ -95,7 +95,7 @@ class CacheSpec(_Model):
                 {"rule": "has(self.claimName) != has(self.size)", "message": "cache takes claimName or size"},
                 {
                     "rule": "!has(self.claimName) || (!has(self.storageClassName) && !has(self.accessModes) "
-                    "&& !has(self.retain))",
+                    "&& !(has(self.retain) && self.retain))",
                     "message": "storageClassName, accessModes and retain apply to a cache the operator creates (size)",
                 },
             ]
@@ -112,8 +112,9 @@ class CacheSpec(_Model):
     """Access modes of the created PVC (default ReadWriteOnce: then every pod of the plan must share one
     node; a plan of several pods needs ReadWriteMany, e.g. NFS, EFS, Filestore, CephFS)."""
     prefetch: bool = True
-    """Download the model into the cache with a Job before any serving pod starts; the pods then load it
-    offline (HF_HUB_OFFLINE=1). Without prefetch, the first pod downloads it into the cache."""
+    """Download the model (and a training resource's Hub dataset, training.data) into the cache with a Job
+    before any pod starts; the pods then load them offline (HF_HUB_OFFLINE=1). Without prefetch, the first pod
+    downloads them into the cache. A model given as a path is never downloaded."""
     retain: bool = False
     """Keep the created PVC when the ParallelDeployment is deleted (it is otherwise garbage-collected)."""
 
@@ -129,19 +130,44 @@ class ModelSpec(_Model):
                     "message": "quantization quantizes an unquantized checkpoint at load time, weightFormat plans "
                     "for a checkpoint stored quantized: give one",
                 },
+                {
+                    "rule": "!self.name.startsWith('/') || has(self.config) || has(self.configFrom)",
+                    "message": "name is a path the operator cannot read: set configFrom to the model the checkpoint "
+                    "was trained from (e.g. meta-llama/Llama-3.1-8B), or config to its config.json",
+                },
+                {
+                    "rule": "!has(self.config) || !has(self.configFrom)",
+                    "message": "config and configFrom both describe the architecture: give one",
+                },
+                {
+                    "rule": "!has(self.configFrom) || !self.configFrom.startsWith('/')",
+                    "message": "configFrom names a model the operator resolves (a catalog or Hugging Face id), not a "
+                    "path: the operator cannot read the pods' volumes",
+                },
+                {
+                    "rule": "!self.name.startsWith('/') || !has(self.revision)",
+                    "message": "revision selects a Hugging Face revision; a path in name has none: remove revision",
+                },
             ]
         }
     )
 
     name: str = Field(min_length=1, max_length=256)
-    """Hugging Face model id (e.g. meta-llama/Llama-3.1-70B). It is passed to vLLM/torchrun as is and
-    resolved by the planner from its bundled catalog, or from `config` when given."""
+    """Hugging Face model id (e.g. meta-llama/Llama-3.1-70B), or an absolute path on a volume of the pods (a
+    folder with config.json, the tokenizer and *.safetensors, e.g. a training export on the cache:
+    /model-cache/exports/llama8b-chat). It is passed to vLLM/torchrun as is. The planner resolves an id from
+    its bundled catalog (or `config` when given); a path needs `configFrom` or `config`, and is never
+    downloaded."""
     revision: str | None = Field(default=None, max_length=128)
     """Model revision (branch, tag or commit) passed to vLLM as --revision."""
     config: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """Inline Hugging Face config.json for models outside the planner's catalog (no Hub access needed)."""
+    config_from: str | None = Field(default=None, alias="configFrom", min_length=1, max_length=256)
+    """A model id whose config.json describes this model's architecture, resolved like `name` (catalog, then
+    Hugging Face): the base model of a fine-tuned checkpoint at a path, e.g. meta-llama/Llama-3.1-8B. The
+    planner plans with its shapes; the pods load `name`."""
     dtype: DType = DType.AUTO
     """Weights and activations dtype; auto keeps the checkpoint's (float32 checkpoints run in bfloat16)."""
     quantization: Quantization | None = None
@@ -155,6 +181,12 @@ class ModelSpec(_Model):
     token_secret_ref: TokenSecretRef | None = Field(default=None, alias="tokenSecretRef")
     """A Secret key holding a Hugging Face token (gated models): every pod that downloads gets it as HF_TOKEN
     through secretKeyRef. The token is never copied into the resource, its status or the operator."""
+
+    @property
+    def is_path(self) -> bool:
+        """Whether ``name`` is a folder on the pods' volumes rather than a Hugging Face id (ids never start
+        with a slash)."""
+        return self.name.startswith("/")
 
 
 DEFAULT_SEQUENCE_LENGTH = 4096
@@ -210,6 +242,21 @@ class PlacementSpec(_Model):
     """The extended resource that counts GPUs (amd.com/gpu for AMD)."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """Tolerations added to every pod (GPU nodes are often tainted)."""
+    topology_key: str | None = Field(
+        default=None, alias="topologyKey", min_length=1, max_length=317, pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9._-]+$"
+    )
+    """A node label whose values are topology domains (a rack, an NVLink domain, a node pool, e.g.
+    cloud.google.com/gke-nodepool): every multi-node replica runs inside one domain, and no two replicas share one
+    (LeaderWorkerSet's exclusive placement, leaderworkerset.sigs.k8s.io/exclusive-topology). Needs the
+    leaderWorkerSet backend; single-node replicas ignore it."""
+
+
+class MultiNodeBackend(StrEnum):
+    """What runs a replica that spans nodes."""
+
+    AUTO = "auto"
+    LEADER_WORKER_SET = "leaderWorkerSet"
+    STATEFUL_SET = "statefulSet"
 
 
 class FailureMode(StrEnum):
@@ -270,6 +317,12 @@ class ServingSpec(_Model):
     """KV-cache element type; fp8 halves the KV cache per token."""
     port: int = Field(default=8000, ge=1, le=65535)
     """Port of the OpenAI-compatible server."""
+    multi_node_backend: MultiNodeBackend = Field(default=MultiNodeBackend.AUTO, alias="multiNodeBackend")
+    """What runs a replica that spans nodes: leaderWorkerSet (one LeaderWorkerSet of all replicas: a group per
+    replica whose leader runs the Ray head and vLLM's server, restarted as a whole when one of its pods fails, rolled
+    out group by group; needs the LeaderWorkerSet controller, lws.sigs.k8s.io), statefulSet (a StatefulSet per
+    replica), or auto: leaderWorkerSet when the API server serves its CRD, else statefulSet. status.plan says which
+    is used. Single-node replicas are a Deployment either way."""
     gateway: GatewaySpec | None = None
     """An InferencePool for a Gateway with an endpoint picker (Gateway API Inference Extension)."""
     out_of_memory_fallbacks: int = Field(default=2, ge=0, le=10, alias="outOfMemoryFallbacks")
@@ -304,11 +357,52 @@ class ScalingSpec(_Model):
     """Where KEDA queries the metric (the Prometheus that scrapes the PodMonitor); unused with an HPA."""
 
 
+class Init(StrEnum):
+    PRETRAINED = "pretrained"
+    RANDOM = "random"
+
+
+RUNTIME_FLAGS = ("data", "dataField", "init", "checkpointDir", "checkpointEvery", "exportDir", "exportEvery")
+"""spec.training fields that become flags of autoparallel's runtime (none applies to a user's training.command)."""
+
+
+def _absolute(field: str, example: str) -> JsonDict:
+    """A CEL rule: ``field``, when set, is an absolute path."""
+    return {
+        "rule": f"!has(self.{field}) || self.{field}.startsWith('/')",
+        "message": f"{field} must be an absolute path on a volume of the pods, e.g. {example}",
+    }
+
+
 class TrainingSpec(_Model):
     """How training pods run (training only)."""
 
-    image: str = DEFAULT_TRAINING_IMAGE
-    """Image with torch and autoparallel's training runtime."""
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.command) || size(self.command) == 0 || !("
+                    + " || ".join(f"has(self.{flag})" for flag in RUNTIME_FLAGS)
+                    + ")",
+                    "message": f"{', '.join(RUNTIME_FLAGS)} are flags of autoparallel's runtime, which command "
+                    "replaces: pass your program's own flags in args",
+                },
+                {"rule": "!has(self.dataField) || has(self.data)", "message": "dataField applies to data: set data"},
+                {
+                    "rule": "!has(self.checkpointEvery) || has(self.checkpointDir)",
+                    "message": "checkpointEvery needs checkpointDir",
+                },
+                {"rule": "!has(self.exportEvery) || has(self.exportDir)", "message": "exportEvery needs exportDir"},
+                _absolute("checkpointDir", "/model-cache/checkpoints/NAME"),
+                _absolute("exportDir", "/model-cache/exports/NAME"),
+            ]
+        }
+    )
+
+    image: str | None = Field(default=None, min_length=1)
+    """Image with torch and autoparallel's training runtime (`docker build --target training`, see
+    docs/training.md). Unset: the operator's --training-image (the chart's trainingImage, by default
+    autoparallel-training:<version>, the name that build gives)."""
     command: list[str] = Field(default_factory=list)
     """Replaces `python -m autoparallel.parallel.train` when set (torchrun still launches it)."""
     args: list[str] = Field(default_factory=list)
@@ -319,6 +413,29 @@ class TrainingSpec(_Model):
     """Every key of Secrets or ConfigMaps as environment variables."""
     steps: int = Field(default=1000, ge=1)
     """Optimizer steps to run."""
+    data: str | None = Field(default=None, min_length=1, max_length=1024)
+    """What to train on (--data): a Hugging Face dataset id (e.g. tatsu-lab/alpaca), downloaded into the cache
+    with the model when spec.model.cache prefetches, or an absolute path on a volume of the pods (a jsonl,
+    parquet or arrow file or folder, e.g. /model-cache/datasets/chat.jsonl). Unset: the runtime's default
+    (synthetic token patterns: a smoke test of the plan, not a fine-tune)."""
+    data_field: str | None = Field(default=None, alias="dataField", min_length=1, max_length=253)
+    """The field of each record that holds its text (--data-field; the runtime's default: text)."""
+    init: Init | None = None
+    """pretrained loads the checkpoint's weights (the runtime's default for a checkpoint); random initialises
+    the architecture from its config (--init)."""
+    checkpoint_dir: str | None = Field(default=None, alias="checkpointDir", min_length=1, max_length=1024)
+    """Where distributed checkpoints go (--checkpoint-dir), on a volume of the pods (the cache or a
+    spec.podTemplate volume). The pods then start with --resume: a pod the Job retries continues from the
+    newest checkpoint instead of step 0."""
+    checkpoint_every: int | None = Field(default=None, alias="checkpointEvery", ge=1)
+    """Checkpoint every N optimizer steps (--checkpoint-every; the last step is always saved)."""
+    export_dir: str | None = Field(default=None, alias="exportDir", min_length=1, max_length=1024)
+    """Where the trained model is written as a Hugging Face folder (config.json, tokenizer, *.safetensors) that
+    transformers and vLLM load (--export-dir): a path on a volume of the pods, such as the cache
+    (/model-cache/exports/NAME), so that it outlives them and an inference ParallelDeployment serves it with
+    spec.model.name set to the same path."""
+    export_every: int | None = Field(default=None, alias="exportEvery", ge=1)
+    """Also export every N optimizer steps (--export-every); the final export is always exportDir itself."""
 
 
 class ParallelDeploymentSpec(_Model):
@@ -348,6 +465,12 @@ class ParallelDeploymentSpec(_Model):
                     "!has(self.workload) || self.workload.type == 'inference'",
                     "message": "parallelism.expert applies to inference",
                 },
+                {
+                    "rule": "!has(self.placement) || !has(self.placement.topologyKey) || !has(self.serving) || "
+                    "!has(self.serving.multiNodeBackend) || self.serving.multiNodeBackend != 'statefulSet'",
+                    "message": "placement.topologyKey places replicas through LeaderWorkerSet's exclusive topology: "
+                    "use serving.multiNodeBackend auto or leaderWorkerSet, or remove topologyKey",
+                },
             ]
         }
     )
@@ -367,7 +490,8 @@ class ParallelDeploymentSpec(_Model):
     scaling: ScalingSpec | None = None
     """Autoscale the serving replicas on a vLLM metric between minReplicas (planned and reserved) and maxReplicas
     (capped at what the pool holds): a KEDA ScaledObject when KEDA is installed, else a HorizontalPodAutoscaler on
-    the same metric (which needs a custom-metrics adapter). Inference with single-node replicas only."""
+    the same metric (which needs a custom-metrics adapter). Inference with single-node replicas, or multi-node
+    replicas on a LeaderWorkerSet (whole groups are added and removed)."""
     training: TrainingSpec | None = None
     """Training settings (training)."""
     pod_template: PodTemplate | None = Field(default=None, alias="podTemplate")
@@ -377,6 +501,20 @@ class ParallelDeploymentSpec(_Model):
     contradicts them is refused with the condition Planned=False, reason PodTemplateConflict."""
     plan_only: bool = Field(default=False, alias="planOnly")
     """Plan and report in status without creating any pod (previews, GitOps dry runs)."""
+
+    @property
+    def hub_dataset(self) -> str | None:
+        """A training resource's ``training.data`` when it names a Hugging Face dataset (a path is on a volume)."""
+        data = self.training.data if self.training and self.workload.type is WorkloadType.TRAINING else None
+        return None if data is None or data.startswith("/") else data
+
+    @property
+    def prefetched(self) -> bool:
+        """Whether a download Job fills the cache before the pods start: a cache with prefetch, and something
+        to download from the Hub (the model, unless it is a path; a training dataset)."""
+        cache = self.model.cache
+        wanted = not self.model.is_path or self.hub_dataset is not None
+        return cache is not None and cache.prefetch and wanted
 
 
 class ConditionStatus(StrEnum):
@@ -412,7 +550,8 @@ class MemoryPerGPU(_Model):
     activations: int
     """Peak activations."""
     overhead: int
-    """CUDA context, NCCL buffers and CUDA graphs (training: also gradients and optimizer states)."""
+    """CUDA context, NCCL buffers and CUDA graphs (training: also gradients, optimizer states and FSDP2's gathered
+    working set)."""
     total: int
     """Sum of the above."""
     capacity: int | None = None
@@ -442,6 +581,9 @@ class PlanStatus(_Model):
     """Nodes the replicas occupy."""
     nodes_per_replica: int = Field(alias="nodesPerReplica")
     """Nodes one replica spans (more than 1 runs the replica with Ray across nodes)."""
+    multi_node_backend: MultiNodeBackend | None = Field(default=None, alias="multiNodeBackend")
+    """What runs the multi-node replicas: leaderWorkerSet or statefulSet (spec.serving.multiNodeBackend resolved
+    against the CRDs the API server serves); absent when a replica fits one node."""
     pods: int | None = None
     """Pods of all replicas together: the plan reserves their GPUs until they run."""
     gpus_per_pod: int | None = Field(default=None, alias="gpusPerPod")

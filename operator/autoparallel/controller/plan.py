@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autoparallel.controller.models import MultiNodeBackend
 from autoparallel.planner.inference import Degrees
 
 LABEL_PRODUCT = "nvidia.com/gpu.product"
@@ -43,6 +44,8 @@ class ChosenPlan:
     """With spec.scaling: the most replicas the autoscaler may run (the plan's DP is the minimum)."""
     max_num_seqs: int | None = None
     """vLLM --max-num-seqs when its GPU-dependent default would not fit (hybrid state blocks, KV blocks)."""
+    multi_node_backend: MultiNodeBackend | None = None
+    """What runs multi-node replicas (LEADER_WORKER_SET or STATEFUL_SET); None when a replica fits one node."""
     sequence_length: int | None = None
     """Tokens per sequence planned (vLLM --max-model-len, the training sequence length): the spec's
     ``workload.sequenceLength``, or min(4096, the model's positions) when it is unset. None only in plans built by

@@ -10,10 +10,12 @@ from typing import Any
 
 from autoparallel.controller.feedback import FailedPlan, has_room
 from autoparallel.controller.inventory import Inventory
+from autoparallel.controller.kinds import BY_KIND
 from autoparallel.controller.models import (
     DEFAULT_SEQUENCE_LENGTH,
     DType,
     MemoryPerGPU,
+    MultiNodeBackend,
     ParallelDeploymentSpec,
     PlanStatus,
     PoolInventory,
@@ -22,6 +24,8 @@ from autoparallel.controller.models import (
 )
 from autoparallel.controller.plan import ChosenPlan
 from autoparallel.controller.render.cache import shared_by_one_node_only
+from autoparallel.controller.render.common import CACHE_PATH, on_a_volume, writable_mounts
+from autoparallel.controller.render.training import training_command
 from autoparallel.planner import analyze
 from autoparallel.planner.cluster import NodePool
 from autoparallel.planner.errors import (
@@ -31,13 +35,16 @@ from autoparallel.planner.errors import (
     ModelNotFoundError,
 )
 from autoparallel.planner.inference import Degrees
-from autoparallel.planner.resolve import resolve_model
+from autoparallel.planner.options import ModelRef
+from autoparallel.planner.resolve import resolve_as, resolve_model
 from autoparallel.planner.units import GIB, human_bytes, to_gib
 
 CANDIDATES = 4
 """Plans evaluated for status.candidates (the chosen one and three alternatives)."""
 FALLBACK_CANDIDATES = 64
 """Plans evaluated after an out-of-memory, to find the best one with more room per GPU than those that failed."""
+LWS_CRD = BY_KIND["LeaderWorkerSet"].requires
+LWS_INSTALL = "https://lws.sigs.k8s.io/docs/installation/"
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,7 @@ class PlanFailure:
     """Why no plan exists: a condition reason and a message that says what would fix it."""
 
     reason: str
-    """ModelNotFound, InsufficientMemory, InsufficientGPUs or InvalidSpec."""
+    """ModelNotFound, InsufficientMemory, InsufficientGPUs, InvalidSpec or LeaderWorkerSetNotInstalled."""
     message: str
 
 
@@ -95,7 +102,9 @@ def inventory_status(inventory: Inventory) -> list[PoolInventory]:
 
 def _memory(config: dict[str, Any], gpu_memory_gib: float) -> MemoryPerGPU:
     breakdown = {k: int(v * GIB) for k, v in config["memory_breakdown"].items()}
-    overhead = breakdown["framework_overhead"] + breakdown.get("gradients", 0) + breakdown.get("optimizer_states", 0)
+    overhead = breakdown["framework_overhead"] + sum(
+        breakdown.get(part, 0) for part in ("gradients", "optimizer_states", "gathered")
+    )
     total = breakdown["total"]
     human = (
         f"{human_bytes(total)} of {gpu_memory_gib:.1f} GiB (weights {human_bytes(breakdown['weights'])}, "
@@ -122,9 +131,10 @@ def _candidate_line(config: dict[str, Any]) -> str:
     )
 
 
-def plan_hash(spec: ParallelDeploymentSpec, config: dict[str, Any]) -> str:
-    """A digest of everything the children depend on: the spec and the chosen degrees and placement."""
-    material = {
+def plan_hash(spec: ParallelDeploymentSpec, config: dict[str, Any], backend: MultiNodeBackend | None = None) -> str:
+    """A digest of everything the children depend on: the spec, the chosen degrees and placement, and the backend
+    of multi-node replicas."""
+    material: dict[str, Any] = {
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
         "plan": {
             k: config[k]
@@ -139,7 +149,42 @@ def plan_hash(spec: ParallelDeploymentSpec, config: dict[str, Any]) -> str:
             )
         },
     }
+    if backend is MultiNodeBackend.LEADER_WORKER_SET:
+        # Only then: plans made before there was a choice (StatefulSets) keep their hash, and so their pods.
+        material["multiNodeBackend"] = backend.value
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def multi_node_backend(spec: ParallelDeploymentSpec, served: frozenset[str]) -> MultiNodeBackend | PlanFailure:
+    """What runs ``spec``'s replicas when they span nodes, on an API server that serves the CRDs ``served``:
+    spec.serving.multiNodeBackend, with auto resolved (a LeaderWorkerSet when its CRD is served)."""
+    wanted = (spec.serving or ServingSpec()).multi_node_backend
+    topology = spec.placement.topology_key
+    if wanted is MultiNodeBackend.STATEFUL_SET:
+        return wanted  # (a topologyKey is refused with it by the CRD's validation)
+    if LWS_CRD in served:
+        return MultiNodeBackend.LEADER_WORKER_SET
+    if wanted is MultiNodeBackend.AUTO and topology is None:
+        return MultiNodeBackend.STATEFUL_SET
+    why = (
+        "spec.serving.multiNodeBackend is leaderWorkerSet"
+        if wanted is MultiNodeBackend.LEADER_WORKER_SET
+        else f"spec.placement.topologyKey {topology} places replicas through LeaderWorkerSet's exclusive topology"
+    )
+    return PlanFailure(
+        "LeaderWorkerSetNotInstalled",
+        f"a replica spans nodes and {why}, but the API server does not serve the CRD {LWS_CRD}: install "
+        f"LeaderWorkerSet ({LWS_INSTALL}), or set spec.serving.multiNodeBackend to statefulSet"
+        f"{' and remove spec.placement.topologyKey' if topology else ''}",
+    )
+
+
+def backend_changed(spec: ParallelDeploymentSpec, plan: PlanStatus, served: frozenset[str]) -> bool:
+    """Whether the multi-node backend ``plan`` runs on is no longer the one ``spec`` resolves to with ``served``
+    (LeaderWorkerSet installed or removed since): then the resource is planned again."""
+    if plan.nodes_per_replica == 1 or spec.workload.type is WorkloadType.TRAINING:
+        return False
+    return multi_node_backend(spec, served) != plan.multi_node_backend
 
 
 def _gpus_per_pod(config: dict[str, Any], gpus_per_node: int) -> int:
@@ -161,28 +206,63 @@ def _with_room(configs: list[dict[str, Any]], failed: Sequence[FailedPlan]) -> l
 
 
 def _scaling_bounds(
-    spec: ParallelDeploymentSpec, pool: NodePool, best: Mapping[str, Any]
+    spec: ParallelDeploymentSpec, pool: NodePool, best: Mapping[str, Any], backend: MultiNodeBackend | None
 ) -> tuple[int, str] | PlanFailure | None:
     """(maxReplicas, what the reason adds) with spec.scaling: its maxReplicas capped at the replicas the pool holds
     with all its GPUs (what it can ever hold, not what is free now); None without scaling."""
     if spec.scaling is None:
         return None
-    if best["nodes_per_replica"] > 1:
+    nodes_per_replica = int(best["nodes_per_replica"])
+    if nodes_per_replica > 1 and backend is not MultiNodeBackend.LEADER_WORKER_SET:
         return PlanFailure(
             "InvalidSpec",
-            f"spec.scaling: a replica spans {best['nodes_per_replica']} nodes (a StatefulSet per replica), which an "
-            "autoscaler cannot add; remove spec.scaling, or use GPUs that hold a replica on one node",
+            f"spec.scaling: a replica spans {nodes_per_replica} nodes and runs as a StatefulSet of its own, which an "
+            "autoscaler cannot add: run the replicas on a LeaderWorkerSet (install LeaderWorkerSet, "
+            f"{LWS_INSTALL}, with spec.serving.multiNodeBackend auto or leaderWorkerSet), remove spec.scaling, or "
+            "use GPUs that hold a replica on one node",
         )
-    per_node = pool.gpus_per_node // int(best["gpus_per_replica"])
-    holds = pool.num_nodes * per_node
+    if nodes_per_replica > 1:  # whole nodes per replica
+        holds = pool.num_nodes // nodes_per_replica
+        how = f"{pool.num_nodes} node(s) ÷ {nodes_per_replica} node(s) per replica"
+    else:
+        per_node = pool.gpus_per_node // int(best["gpus_per_replica"])
+        holds = pool.num_nodes * per_node
+        how = f"{pool.num_nodes} node(s) × {per_node} replica(s) of {best['gpus_per_replica']} GPU(s)"
     wanted = spec.scaling.max_replicas
     if wanted <= holds:
         return wanted, f"; autoscaling {spec.scaling.min_replicas}–{wanted} replicas"
     return holds, (
         f"; autoscaling {spec.scaling.min_replicas}–{holds} replicas: spec.scaling.maxReplicas {wanted} is capped at "
-        f"{holds}, what the {pool.name} pool holds ({pool.num_nodes} node(s) × {per_node} replica(s) of "
-        f"{best['gpus_per_replica']} GPU(s))"
+        f"{holds}, what the {pool.name} pool holds ({how})"
     )
+
+
+def planned_model(spec: ParallelDeploymentSpec) -> ModelRef:
+    """What the planner resolves: the inline config, or configFrom's architecture, under the name the pods load
+    (a path, for a fine-tuned export); else the name itself."""
+    if spec.model.config:
+        return {**spec.model.config, "_name_or_path": spec.model.name}
+    if spec.model.config_from:
+        return resolve_as(spec.model.name, spec.model.config_from)
+    return spec.model.name
+
+
+def _outputs_off_volumes(spec: ParallelDeploymentSpec) -> PlanFailure | None:
+    """A checkpoint or export directory on no writable volume of the trainer would be lost with its pod."""
+    if spec.training is None:
+        return None
+    mounts = writable_mounts(spec, "trainer")
+    outputs = {"checkpointDir": spec.training.checkpoint_dir, "exportDir": spec.training.export_dir}
+    for field, path in outputs.items():
+        if path is not None and not on_a_volume(path, mounts):
+            where = f"under {', '.join(mounts)}" if mounts else f"add spec.model.cache (mounted at {CACHE_PATH})"
+            return PlanFailure(
+                "InvalidSpec",
+                f"spec.training.{field}: {path} is on no writable volume of the trainer container, so it would "
+                f"vanish with the pods: put it {where}, or mount a volume there with spec.podTemplate "
+                "(volumes, and volumeMounts of the trainer container)",
+            )
+    return None
 
 
 def plan_deployment(
@@ -190,9 +270,14 @@ def plan_deployment(
     inventory: Inventory,
     prices: Mapping[str, float] | None = None,
     failed: Sequence[FailedPlan] = (),
+    served: frozenset[str] = frozenset(),
 ) -> PlanResult | PlanFailure:
     """Plan ``spec`` on ``inventory`` (``prices``: USD per GPU-hour overrides), past the plans vLLM ran out of
-    memory on (``failed``); never raises for bad input, it returns the failure instead."""
+    memory on (``failed``), for an API server serving the optional CRDs ``served`` (the multi-node backend);
+    never raises for bad input, it returns the failure instead."""
+    off_volumes = _outputs_off_volumes(spec)
+    if off_volumes is not None:
+        return off_volumes
     if not inventory.pools:
         skipped = f" ({'; '.join(inventory.skipped)})" if inventory.skipped else ""
         return PlanFailure(
@@ -200,8 +285,8 @@ def plan_deployment(
             f"no schedulable node offers {spec.placement.gpu_resource} matching spec.placement.nodeSelector "
             f"{spec.placement.node_selector or '{}'}{skipped}; add GPU nodes or relax the selector",
         )
-    model: Any = {**spec.model.config, "_name_or_path": spec.model.name} if spec.model.config else spec.model.name
     try:
+        model = planned_model(spec)
         sequence_length = spec.workload.sequence_length or min(
             DEFAULT_SEQUENCE_LENGTH, resolve_model(model).shape.max_position_embeddings
         )
@@ -215,7 +300,13 @@ def plan_deployment(
             **({"prices": dict(prices)} if prices else {}),
         )
     except ModelNotFoundError as error:
-        return PlanFailure("ModelNotFound", f"spec.model.name: {error}; or give spec.model.config inline")
+        if spec.model.config_from:
+            return PlanFailure("ModelNotFound", f"spec.model.configFrom: {error}")
+        return PlanFailure(
+            "ModelNotFound",
+            f"spec.model.name: {error}; or give spec.model.config inline, or spec.model.configFrom (a model of the "
+            "same architecture)",
+        )
     except InsufficientMemoryError as error:
         if not error.gpus_needed:
             return PlanFailure("InsufficientMemory", str(error))
@@ -237,12 +328,18 @@ def plan_deployment(
     best = configs[0]
     pools = {pool.name: pool for pool in inventory.pools}
     pool = pools[best["pool"]]
-    digest = plan_hash(spec, best)
+    backend: MultiNodeBackend | None = None
+    if best["nodes_per_replica"] > 1 and spec.workload.type is WorkloadType.INFERENCE:
+        resolved = multi_node_backend(spec, served)
+        if isinstance(resolved, PlanFailure):
+            return resolved
+        backend = resolved
+    digest = plan_hash(spec, best, backend)
     degrees = Degrees(
         best["tensor_parallel"], best["pipeline_parallel"], best["expert_parallel"], best["data_parallel"]
     )
     gpus_per_pod = _gpus_per_pod(best, pool.gpus_per_node)
-    scaling = _scaling_bounds(spec, pool, best)
+    scaling = _scaling_bounds(spec, pool, best, backend)
     if isinstance(scaling, PlanFailure):
         return scaling
     chosen = ChosenPlan(
@@ -256,6 +353,7 @@ def plan_deployment(
         sequence_length=sequence_length,
         max_replicas=scaling[0] if scaling else None,
         max_num_seqs=best.get("max_num_seqs_flag"),
+        multi_node_backend=backend,
     )
     pods = max(1, degrees.total_gpus // gpus_per_pod)
     if pods > 1 and shared_by_one_node_only(spec):
@@ -275,6 +373,7 @@ def plan_deployment(
         gpus_per_replica=best["gpus_per_replica"],
         nodes=best["nodes"],
         nodes_per_replica=best["nodes_per_replica"],
+        multi_node_backend=backend,
         pods=pods,
         gpus_per_pod=gpus_per_pod,
         max_replicas=scaling[0] if scaling else None,
@@ -285,7 +384,10 @@ def plan_deployment(
         kv_cache_tokens=best["kv_cache_tokens"],
         max_concurrency=best["max_concurrent_sequences"],
         sequence_length=sequence_length,
-        command=best["deployment_command"],
+        # a training pod's command carries the spec's runtime flags (data, export, steps) the planner never sees
+        command=training_command(chosen, spec)
+        if spec.workload.type == WorkloadType.TRAINING
+        else best["deployment_command"],
         reason=f"{best['reason']}{scaling[1] if scaling else ''}",
         hash=digest,
     )

@@ -44,10 +44,17 @@ from autoparallel.controller.models import (
     ServingSpec,
 )
 from autoparallel.controller.plan import Owner
-from autoparallel.controller.planning import PlanFailure, PlanResult, inventory_status, plan_deployment
+from autoparallel.controller.planning import (
+    LWS_CRD,
+    PlanFailure,
+    PlanResult,
+    backend_changed,
+    inventory_status,
+    plan_deployment,
+)
 from autoparallel.controller.render import LABEL_COMPONENT, render_children, render_integrations
 from autoparallel.controller.render.cache import COMPONENT_DOWNLOAD, download_job_name
-from autoparallel.controller.render.common import prefetched, tolerations
+from autoparallel.controller.render.common import tolerations
 from autoparallel.controller.render.overrides import PodTemplateConflict
 from autoparallel.controller.reservations import Ledger, reservation_for
 from autoparallel.controller.status import PLANNED, ChildReadiness, get_condition, now, status_body
@@ -55,7 +62,9 @@ from autoparallel.planner.search import placement
 
 REPLACE_RETRY_SECONDS = 2
 
-PRICES = OperatorConfig.from_env().prices()
+CONFIG = OperatorConfig.from_env()
+"""This operator's settings (flags of ``autoparallel operator run``, or ``AUTOPARALLEL_*`` variables)."""
+PRICES = CONFIG.prices()
 """GPU price overrides of this operator (``--gpu-prices`` / ``AUTOPARALLEL_GPU_PRICES``)."""
 LEDGER = Ledger()
 """This operator's planning decisions not yet visible in the resources' status (see :mod:`reservations`)."""
@@ -112,7 +121,7 @@ def _inventory(spec: ParallelDeploymentSpec, snapshot: Snapshot, uid: str) -> In
 
 def _cache_filled_since(spec: ParallelDeploymentSpec, plan: PlanStatus, snapshot: Snapshot, body: kopf.Body) -> bool:
     """The download Job completed and the plan's workloads do not exist yet: time to create them."""
-    if spec.plan_only or not prefetched(spec):
+    if spec.plan_only or not spec.prefetched:
         return False
     owner = _owner(body)
     has_workloads = any(c.plan_hash == plan.hash and c.component != COMPONENT_DOWNLOAD for c in snapshot.children)
@@ -172,13 +181,12 @@ def _of_the_plan(manifest: Mapping[str, Any]) -> bool:
     """A workload rendered for the plan, of a kind the operator indexes (not a Service, not the weight cache's
     PVC or download Job, not an integration's object)."""
     component = manifest["metadata"].get("labels", {}).get(LABEL_COMPONENT)
-    child = BY_KIND[manifest["kind"]]
-    return child.watched and child.requires is None and component != COMPONENT_DOWNLOAD
+    return BY_KIND[manifest["kind"]].watched and component != COMPONENT_DOWNLOAD
 
 
 def _model_cached(spec: ParallelDeploymentSpec, owner: Owner, snapshot: Snapshot) -> bool:
     """Whether serving pods may start: no prefetch asked, or its download Job completed."""
-    if not prefetched(spec):
+    if not spec.prefetched:
         return True
     name = download_job_name(spec, owner)
     return any(c.kind == "Job" and c.name == name and c.complete for c in snapshot.children)
@@ -215,7 +223,7 @@ def _render(
         return []
     try:
         cached = _model_cached(spec, owner, snapshot)
-        return render_children(result.plan, spec, owner, cached, snapshot.served)
+        return render_children(result.plan, spec, owner, cached, snapshot.served, CONFIG.training_image)
     except PodTemplateConflict as conflict:
         return PlanFailure("PodTemplateConflict", str(conflict))
 
@@ -249,7 +257,7 @@ async def _sync_integrations(
     if spec.plan_only:
         INTEGRATIONS_APPLIED[owner.uid] = served
         return
-    manifests = render_integrations(spec, owner, plan.hash, plan.nodes_per_replica, plan.max_replicas, served)
+    manifests = render_integrations(spec, owner, plan.hash, plan.multi_node_backend, plan.max_replicas, served)
     await _sync(manifests, owner, True, served, kinds=CAPABILITY_KINDS)
 
 
@@ -278,7 +286,7 @@ async def _plan_and_apply(
     inventory = _inventory(spec, snapshot, meta["uid"])
     started = time.perf_counter()
     failed = [] if pinned(spec) else [failed_plan(record) for record in records]
-    outcome: PlanResult | PlanFailure = plan_deployment(spec, inventory, PRICES, failed)
+    outcome: PlanResult | PlanFailure = plan_deployment(spec, inventory, PRICES, failed, snapshot.served)
     metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
     manifests: list[dict[str, Any]] = []
     if isinstance(outcome, PlanResult):
@@ -295,7 +303,7 @@ async def _plan_and_apply(
         return
     deleted = await _apply(outcome, manifests, _owner(body), snapshot)
     reason = "PlanOnly" if spec.plan_only else "Planned"
-    verb = "Replanned" if trigger in ("inventory", "oom") and old.plan is not None else reason
+    verb = "Replanned" if trigger in ("inventory", "oom", "backend") and old.plan is not None else reason
     extra = f"; removed {', '.join(deleted)}" if deleted else ""
     await event_once(body, old, new, "Normal", verb, f"{outcome.status.reason}{extra}")
     metrics.record_plan(meta["namespace"], meta["name"], outcome.status)
@@ -364,6 +372,11 @@ async def resync(body: kopf.Body, patch: kopf.Patch, snapshot: Snapshot, logger:
         if _cache_filled_since(spec, status.plan, snapshot, body):
             logger.info("the model is in the cache: starting the serving pods")
             await _plan_and_apply(body, patch, snapshot, logger, trigger="spec")
+            return
+        if backend_changed(spec, status.plan, snapshot.served):
+            served = "served" if LWS_CRD in snapshot.served else "not served"
+            logger.info(f"the LeaderWorkerSet CRD is {served}: replanning the multi-node replicas")
+            await _plan_and_apply(body, patch, snapshot, logger, trigger="backend")
             return
         if _bound_as_planned(status.plan, snapshot) or _still_fits(status.plan, _inventory(spec, snapshot, uid)):
             if INTEGRATIONS_APPLIED.get(uid, snapshot.served) != snapshot.served:

@@ -52,12 +52,12 @@ def get_condition(conditions: Iterable[Condition], type_: str) -> Condition | No
 
 @dataclass(frozen=True)
 class ChildReadiness:
-    """Readiness of one child workload (Deployment, StatefulSet or Job), from its status."""
+    """Readiness of one child workload (Deployment, StatefulSet, LeaderWorkerSet or Job), from its status."""
 
     kind: str
     name: str
     replicas: int
-    """Serving replicas (Deployment) or 1 for a StatefulSet group / Job."""
+    """Serving replicas (Deployment, LeaderWorkerSet groups) or 1 for a StatefulSet group / Job."""
     ready: int
     failed: bool = False
     plan_hash: str | None = None
@@ -85,6 +85,11 @@ def child_readiness(body: Mapping[str, Any]) -> ChildReadiness | None:
         desired = int(spec.get("replicas", 1))
         ready = int(int(status.get("readyReplicas") or 0) >= desired)
         return ChildReadiness(kind, meta["name"], 1, ready, plan_hash=plan_hash, component=component)
+    if kind == "LeaderWorkerSet":  # one group per replica, ready when all its pods are (LWS counts them)
+        desired = int(spec.get("replicas", 1))
+        # Groups both ready and of the current template: during a rollout, old groups still count as ready.
+        ready = min(desired, int(status.get("readyReplicas") or 0), int(status.get("updatedReplicas") or 0))
+        return ChildReadiness(kind, meta["name"], desired, ready, plan_hash=plan_hash, component=component)
     if kind == "Job":
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         parallelism = int(spec.get("parallelism", 1))

@@ -42,6 +42,7 @@ def _breakdown(plan: Plan) -> dict[str, float]:
             "weights": m.parameters,
             "gradients": m.gradients,
             "optimizer_states": m.optimizer_states,
+            "gathered": m.gathered,
             "activations": m.activations,
             "kv_cache": 0,
             "framework_overhead": m.overhead,

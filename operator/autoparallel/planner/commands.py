@@ -28,6 +28,8 @@ class ServeOptions:
     port: int = 8000
     revision: str | None = None
     """Model revision (branch, tag or commit); None serves the default branch."""
+    served_model_name: str | None = None
+    """The name clients request (``--served-model-name``); None leaves vLLM's default, the model argument."""
     max_num_seqs: int | None = None
     """``--max-num-seqs`` when vLLM's GPU-dependent default would not fit (or the caller asked for another
     value); None leaves vLLM's default."""
@@ -50,6 +52,8 @@ def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -
     ]
     if options.revision:
         args += ["--revision", options.revision]
+    if options.served_model_name:
+        args += ["--served-model-name", options.served_model_name]
     if degrees.expert > 1:
         args += ["--enable-expert-parallel"]
         if degrees.expert > degrees.tensor:
@@ -72,11 +76,41 @@ def vllm_serve_args(degrees: Degrees, options: ServeOptions, multi_node: bool) -
 
 @dataclass(frozen=True)
 class TrainOptions:
+    """Flags of ``python -m autoparallel.parallel.train``; None leaves the runtime's default (no flag)."""
+
     model: str
     sequence_length: int
     global_batch_size: int
     micro_batches: int
     steps: int = 1000
+    precision: str = "bf16"
+    """The planner's training memory model is bf16 mixed precision (bf16 weights and activations, fp32 gradients,
+    masters and Adam states): the runtime's ``--precision bf16``, whose own default is fp32."""
+    init: str | None = None
+    """``pretrained`` or ``random``."""
+    data: str | None = None
+    """A Hugging Face dataset id or a path."""
+    data_field: str | None = None
+    checkpoint_dir: str | None = None
+    """Checkpoints go here, and the run resumes from the newest one (``--resume``): a restarted pod continues."""
+    checkpoint_every: int | None = None
+    export_dir: str | None = None
+    """The Hugging Face folder of the trained model."""
+    export_every: int | None = None
+
+    def optional_args(self) -> list[str]:
+        """The flags of the options that are set, in the runtime's order."""
+        flags = {
+            "--init": self.init,
+            "--data": self.data,
+            "--data-field": self.data_field,
+            "--checkpoint-dir": self.checkpoint_dir,
+            "--checkpoint-every": self.checkpoint_every,
+            "--export-dir": self.export_dir,
+            "--export-every": self.export_every,
+        }
+        args = [item for flag, value in flags.items() if value is not None for item in (flag, str(value))]
+        return [*args, "--resume"] if self.checkpoint_dir is not None else args
 
 
 def torchrun_launcher_args(nodes: int, gpus_per_node: int) -> list[str]:
@@ -113,6 +147,9 @@ def torchrun_args(degrees: Degrees, options: TrainOptions, nodes: int, gpus_per_
         str(options.micro_batches),
         "--steps",
         str(options.steps),
+        "--precision",
+        options.precision,
+        *options.optional_args(),
     ]
 
 

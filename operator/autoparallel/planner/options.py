@@ -23,9 +23,10 @@ from autoparallel.planner.precision import (
 )
 from autoparallel.planner.resolve import ResolvedModel, resolve_model
 from autoparallel.planner.search import OBJECTIVES, WORKLOADS, Request
-from autoparallel.planner.training import RECOMPUTE_MODES, TrainingSettings
+from autoparallel.planner.training import FSDP_STAGE, RECOMPUTE_MODES, TrainingSettings
 
-ModelRef = str | Path | Mapping[str, Any]
+ModelRef = str | Path | Mapping[str, Any] | ResolvedModel
+"""A model id, a path to a config.json, an inline config dict, or a model resolved already."""
 
 _OPTION_DEFAULTS: dict[str, Any] = {
     "gpu_memory_utilization": 0.90,
@@ -46,7 +47,7 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "objective": "minimize_gpus",
     "prices": None,
     "micro_batch_size": 1,
-    "zero_stage": 1,
+    "zero_stage": FSDP_STAGE,
     "recompute": "selective",
     "sequence_parallel": True,
     "batch_size": 32,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -282,8 +283,17 @@ def _from_transformers(model: str) -> ResolvedModel:
     return _resolved(model, config_from_dict(raw, model))
 
 
-def resolve_model(model: str | Path | Mapping[str, Any]) -> ResolvedModel:
-    """Resolve a model id, a path to a config.json (or its folder), or an inline config dict."""
+def resolve_as(model_id: str, config_source: str) -> ResolvedModel:
+    """``model_id`` with the architecture of ``config_source``, which is resolved as any model id: for a checkpoint
+    the planner cannot read (a fine-tuned export on the pods' volumes) whose base model it can."""
+    return dataclasses.replace(resolve_model(config_source), model_id=model_id)
+
+
+def resolve_model(model: str | Path | Mapping[str, Any] | ResolvedModel) -> ResolvedModel:
+    """Resolve a model id, a path to a config.json (or its folder), or an inline config dict; a model resolved
+    already (:func:`resolve_as`) is returned as it is."""
+    if isinstance(model, ResolvedModel):
+        return model
     if isinstance(model, Mapping):
         name = str(model.get("_name_or_path") or "inline-config")
         config = {k: v for k, v in model.items() if k != "_name_or_path"}

@@ -6,7 +6,9 @@ than written as null, so server-side apply owns exactly the fields the operator 
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 from autoparallel.controller.inventory import ANNOTATION_PLAN_HASH, LABEL_OWNER_UID
@@ -142,18 +144,32 @@ def claim_name(spec: ParallelDeploymentSpec, owner: Owner) -> str | None:
     return cache.claim_name or f"{owner.name}-model-cache"
 
 
-def prefetched(spec: ParallelDeploymentSpec) -> bool:
-    return spec.model.cache is not None and spec.model.cache.prefetch
-
-
 def cache_env(spec: ParallelDeploymentSpec) -> list[Manifest]:
     """HF_HOME on the cache, and offline loading once the model was prefetched."""
     if spec.model.cache is None:
         return []
     variables = [{"name": "HF_HOME", "value": CACHE_PATH}]
-    if prefetched(spec):
+    if spec.prefetched:
         variables.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     return variables
+
+
+def writable_mounts(spec: ParallelDeploymentSpec, container_name: str) -> list[str]:
+    """Where the container ``container_name`` has writable volumes: the cache, and the writable volumeMounts
+    spec.podTemplate gives it."""
+    mounts = [CACHE_PATH] if spec.model.cache is not None else []
+    overrides = spec.pod_template.spec.containers if spec.pod_template else []
+    for override in overrides:
+        if override.name == container_name:
+            mounts += [str(m["mountPath"]) for m in override.volume_mounts if not m.get("readOnly")]
+    return mounts
+
+
+def on_a_volume(path: str, mounts: Sequence[str]) -> bool:
+    """Whether ``path`` lies below one of ``mounts`` (mount points, not string prefixes: /model-cache-2 is not
+    below /model-cache, nor is /model-cache/../etc)."""
+    normal = PurePosixPath(posixpath.normpath(path))
+    return any(normal.is_relative_to(mount) for mount in mounts)
 
 
 def cache_volume(spec: ParallelDeploymentSpec, owner: Owner) -> list[Manifest]:

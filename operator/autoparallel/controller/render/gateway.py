@@ -5,7 +5,7 @@ Gateway with an endpoint picker routes requests by each server's KV-cache and qu
 from __future__ import annotations
 
 from autoparallel.controller.kinds import BY_KIND
-from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
+from autoparallel.controller.models import MultiNodeBackend, ParallelDeploymentSpec, WorkloadType
 from autoparallel.controller.plan import Owner
 from autoparallel.controller.render.common import COMPONENT_INFERENCE, Manifest, object_meta
 from autoparallel.controller.render.inference import server_selector
@@ -14,16 +14,21 @@ INFERENCE_POOL = BY_KIND["InferencePool"]
 
 
 def render_inference_pool(
-    spec: ParallelDeploymentSpec, owner: Owner, plan_hash: str, nodes_per_replica: int, served: frozenset[str]
+    spec: ParallelDeploymentSpec,
+    owner: Owner,
+    plan_hash: str,
+    backend: MultiNodeBackend | None,
+    served: frozenset[str],
 ) -> list[Manifest]:
-    """One InferencePool ``<name>`` selecting the pods that run vLLM's server (pod 0 of each multi-node group)."""
+    """One InferencePool ``<name>`` selecting the pods that run vLLM's server (the head of each multi-node
+    group)."""
     serving = spec.serving
     gateway = serving.gateway if serving else None
     wanted = gateway is not None and gateway.inference_pool and spec.workload.type is WorkloadType.INFERENCE
     if not wanted or INFERENCE_POOL.requires not in served or spec.plan_only:
         return []
     assert serving is not None and gateway is not None
-    selector = server_selector(owner, nodes_per_replica)
+    selector = server_selector(owner, backend)
     picker = gateway.endpoint_picker
     return [
         {

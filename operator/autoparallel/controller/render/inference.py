@@ -1,17 +1,19 @@
 """Children of an inference ParallelDeployment: vLLM pods and the Services in front of them.
 
 One node per replica: a Deployment with DP replicas, each pod one vLLM engine on ``gpus_per_pod`` GPUs.
-Across nodes: per replica a StatefulSet of ``nodes_per_replica`` pods behind a headless Service; pod 0 runs
-the Ray head and ``vllm serve``, the others join its Ray cluster. Either way one ClusterIP Service ``<name>``
-is the OpenAI endpoint.
+Across nodes, on the statefulSet backend: per replica a StatefulSet of ``nodes_per_replica`` pods behind a
+headless Service; pod 0 runs the Ray head and ``vllm serve``, the others join its Ray cluster (the
+leaderWorkerSet backend is :mod:`.leaderworkerset`, with the same Ray commands). Either way one ClusterIP Service
+``<name>`` is the OpenAI endpoint.
 """
 
 from __future__ import annotations
 
 import copy
 import shlex
+from pathlib import PurePosixPath
 
-from autoparallel.controller.models import DType, ParallelDeploymentSpec, ServingSpec
+from autoparallel.controller.models import DType, MultiNodeBackend, ParallelDeploymentSpec, ServingSpec
 from autoparallel.controller.plan import ChosenPlan, Owner
 from autoparallel.controller.render.common import (
     COMPONENT_INFERENCE,
@@ -40,6 +42,8 @@ LABEL_REPLICA = "autoparallel.io/replica"
 """Data-parallel replica index of a multi-node group's pods."""
 LABEL_POD_INDEX = "apps.kubernetes.io/pod-index"
 """Set by the StatefulSet controller on its pods (Kubernetes ≥ 1.28); the endpoint selects index 0 with it."""
+LABEL_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+"""Set by the LeaderWorkerSet controller on its pods: 0 on each group's leader, which runs vLLM's server."""
 CLUSTER_DOMAIN = "cluster.local"
 """The cluster's DNS domain, for the Ray head's fully qualified name."""
 
@@ -50,6 +54,8 @@ and liveness must not restart a pod that is still loading."""
 PROGRESS_DEADLINE_SECONDS = 1800
 """Longer than the startup probe's budget, so a slow first model load is not reported as a stalled rollout."""
 PROBE_TIMEOUT_SECONDS = 5
+HEALTH_CHECK: Manifest = {"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}}
+"""Probe handler of a pod running vLLM's server (every probe gets its own copy)."""
 
 
 def _serving(spec: ParallelDeploymentSpec) -> ServingSpec:
@@ -68,8 +74,18 @@ def serve_options(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> ServeOption
         kv_cache_dtype=serving.kv_cache_dtype.value,
         port=serving.port,
         revision=spec.model.revision,
+        served_model_name=served_model_name(spec),
         max_num_seqs=plan.max_num_seqs,
     )
+
+
+def served_model_name(spec: ParallelDeploymentSpec) -> str | None:
+    """For a model at a path, the folder's name (``/model-cache/exports/llama8b-chat`` → ``llama8b-chat``), which
+    clients request instead of the path; a Hugging Face id is served under its own name. ``serving.args`` may
+    give another ``--served-model-name`` (the later flag wins)."""
+    if not spec.model.is_path:
+        return None
+    return PurePosixPath(spec.model.name).name or None
 
 
 def vllm_argv(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> list[str]:
@@ -78,7 +94,7 @@ def vllm_argv(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> list[str]:
     return [*vllm_serve_args(plan.degrees, serve_options(plan, spec), multi_node=multi_node), *_serving(spec).args]
 
 
-def _probes(handler: Manifest) -> dict[str, Manifest]:
+def serving_probes(handler: Manifest) -> dict[str, Manifest]:
     """Startup (generous: model loading), readiness (out of the Service while unhealthy) and liveness
     (restart a dead engine) checks, each with its own copy of ``handler``."""
     timings = {
@@ -108,7 +124,7 @@ def render_inference_deployment(plan: ChosenPlan, spec: ParallelDeploymentSpec, 
         env_vars=env(model_env(spec), serving.env),
         env_sources=env_from(serving.env_from),
         resources=gpu_resources(plan, spec),
-        probes=_probes({"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}}),
+        probes=serving_probes(HEALTH_CHECK),
     )
     return {
         "apiVersion": "apps/v1",
@@ -127,17 +143,20 @@ def render_inference_deployment(plan: ChosenPlan, spec: ParallelDeploymentSpec, 
     }
 
 
-def server_selector(owner: Owner, nodes_per_replica: int) -> dict[str, str]:
-    """Labels of the pods that run vLLM's server: every serving pod, or pod 0 of every multi-node group."""
+def server_selector(owner: Owner, backend: MultiNodeBackend | None) -> dict[str, str]:
+    """Labels of the pods that run vLLM's server: every serving pod when a replica is one pod (``backend`` None),
+    else the head of every multi-node group (a StatefulSet's pod 0, a LeaderWorkerSet group's leader)."""
     selector = selector_labels(owner, COMPONENT_INFERENCE)
-    if nodes_per_replica > 1:
+    if backend is MultiNodeBackend.STATEFUL_SET:
         selector[LABEL_POD_INDEX] = "0"
+    elif backend is MultiNodeBackend.LEADER_WORKER_SET:
+        selector[LABEL_WORKER_INDEX] = "0"
     return selector
 
 
 def render_inference_service(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> Manifest:
-    """The OpenAI endpoint ``<name>``: every serving pod, or pod 0 (the one running vLLM) of every group."""
-    selector = server_selector(owner, plan.nodes_per_replica)
+    """The OpenAI endpoint ``<name>``: every serving pod, or the head (the pod running vLLM) of every group."""
+    selector = server_selector(owner, plan.multi_node_backend)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -169,22 +188,28 @@ _IS_HEAD = '[ "${POD_NAME##*-}" = 0 ]'
 """True in the group's pod 0: a StatefulSet pod's name ends in its ordinal (POD_NAME is from the downward API)."""
 
 
+def ray_head_commands(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> list[str]:
+    """The head of a multi-node group: start the Ray head, then serve (vLLM waits until the group's GPUs have
+    joined Ray). Arguments are shell-quoted, so only Kubernetes' own ``$(VAR)`` expansion applies to them, as in
+    the Deployment."""
+    return [shlex.join(["ray", "start", "--head", f"--port={RAY_PORT}"]), "exec " + shlex.join(vllm_argv(plan, spec))]
+
+
+def ray_worker_commands(head: str) -> list[str]:
+    """The other pods of a group: wait for the Ray head at ``head`` (``host:port``) without failing (a failed
+    container restarts, and on a LeaderWorkerSet restarts the whole group), then join it until its Ray node dies."""
+    return [
+        f"until {shlex.join(['ray', 'health-check', f'--address={head}'])} >/dev/null 2>&1; do sleep 5; done",
+        "exec " + shlex.join(["ray", "start", f"--address={head}", "--block"]),
+    ]
+
+
 def group_script(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner, replica: int) -> str:
-    """Shell script of every pod of a multi-node group: pod 0 starts the Ray head and serves, the others wait
-    for the head and join it. vLLM itself waits until the group's GPUs have joined Ray. Arguments are
-    shell-quoted, so only Kubernetes' own ``$(VAR)`` expansion applies to them, as in the Deployment."""
-    head = ray_head_address(owner, replica)
-    return "\n".join(
-        [
-            "set -e",
-            f"if {_IS_HEAD}; then",
-            "  " + shlex.join(["ray", "start", "--head", f"--port={RAY_PORT}"]),
-            "  exec " + shlex.join(vllm_argv(plan, spec)),
-            "fi",
-            f"until {shlex.join(['ray', 'health-check', f'--address={head}'])} >/dev/null 2>&1; do sleep 5; done",
-            "exec " + shlex.join(["ray", "start", f"--address={head}", "--block"]),
-        ]
-    )
+    """Shell script of every pod of a StatefulSet group: pod 0 starts the Ray head and serves, the others wait
+    for the head and join it."""
+    head = [f"  {command}" for command in ray_head_commands(plan, spec)]
+    workers = ray_worker_commands(ray_head_address(owner, replica))
+    return "\n".join(["set -e", f"if {_IS_HEAD}; then", *head, "fi", *workers])
 
 
 def _group_health_check(port: int) -> Manifest:
@@ -223,7 +248,7 @@ def render_group_statefulset(plan: ChosenPlan, spec: ParallelDeploymentSpec, own
         env_vars=env([field_env("POD_NAME", "metadata.name"), *model_env(spec)], serving.env),
         env_sources=env_from(serving.env_from),
         resources=gpu_resources(plan, spec),
-        probes=_probes(_group_health_check(serving.port)),
+        probes=serving_probes(_group_health_check(serving.port)),
     )
     return {
         "apiVersion": "apps/v1",

@@ -5,7 +5,7 @@ PodMonitor CRD (otherwise nothing: a cluster without the Prometheus Operator is 
 from __future__ import annotations
 
 from autoparallel.controller.kinds import BY_KIND
-from autoparallel.controller.models import ParallelDeploymentSpec, WorkloadType
+from autoparallel.controller.models import MultiNodeBackend, ParallelDeploymentSpec, WorkloadType
 from autoparallel.controller.plan import Owner
 from autoparallel.controller.render.common import COMPONENT_INFERENCE, Manifest, object_meta
 from autoparallel.controller.render.inference import HTTP_PORT_NAME, server_selector
@@ -16,13 +16,17 @@ METRICS_PATH = "/metrics"
 
 
 def render_pod_monitor(
-    spec: ParallelDeploymentSpec, owner: Owner, plan_hash: str, nodes_per_replica: int, served: frozenset[str]
+    spec: ParallelDeploymentSpec,
+    owner: Owner,
+    plan_hash: str,
+    backend: MultiNodeBackend | None,
+    served: frozenset[str],
 ) -> list[Manifest]:
-    """One PodMonitor ``<name>`` selecting the pods that run vLLM's server (pod 0 of each multi-node group),
+    """One PodMonitor ``<name>`` selecting the pods that run vLLM's server (the head of each multi-node group),
     when the CRD is ``served`` and the resource serves a model."""
     if POD_MONITOR.requires not in served or spec.workload.type is not WorkloadType.INFERENCE or spec.plan_only:
         return []
-    selector = server_selector(owner, nodes_per_replica)
+    selector = server_selector(owner, backend)
     return [
         {
             "apiVersion": POD_MONITOR.api_version,

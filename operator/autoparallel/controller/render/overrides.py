@@ -30,8 +30,7 @@ class PodTemplateConflict(ValueError):
 def main_containers(spec: ParallelDeploymentSpec) -> tuple[str, ...]:
     """Names a ``containers[]`` override may use: the serving or training container, and the download Job's."""
     main = "trainer" if spec.workload.type is WorkloadType.TRAINING else "vllm"
-    cache = spec.model.cache
-    return (main, "download") if cache is not None and cache.prefetch else (main,)
+    return (main, "download") if spec.prefetched else (main,)
 
 
 def check_containers(spec: ParallelDeploymentSpec) -> None:

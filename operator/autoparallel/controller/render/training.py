@@ -6,6 +6,7 @@ The pods follow the Kubeflow Trainer conventions: ``PET_NNODES``, ``PET_NPROC_PE
 
 from __future__ import annotations
 
+from autoparallel.controller.config import DEFAULT_TRAINING_IMAGE
 from autoparallel.controller.models import ParallelDeploymentSpec, TrainingSpec
 from autoparallel.controller.plan import ChosenPlan, Owner
 from autoparallel.controller.render.common import (
@@ -38,6 +39,13 @@ TRAINING_BACKOFF_LIMIT = 3
 """Pod failures the Job retries before it fails: a lost node or an NCCL timeout is often transient (every
 rank restarts with it under torchrun's static rendezvous), while a bug fails the same way every time and
 should surface quickly rather than burn GPU hours."""
+TRAINING_IMAGE_GROUP = 65532
+"""The group of the training image's user (the Dockerfile's ``USER`` of its training target)."""
+VOLUME_GROUP = {"fsGroup": TRAINING_IMAGE_GROUP, "fsGroupChangePolicy": "OnRootMismatch"}
+"""Pod securityContext of the training pods unless spec.podTemplate gives one: the image runs as a non-root user,
+and the kubelet makes the pods' volumes (the cache the download Job filled as root, a claim of the user's)
+writable by this group, so checkpoints and exports can be written there. OnRootMismatch skips the recursive
+change when the volume's root already has the group."""
 
 
 def _training(spec: ParallelDeploymentSpec) -> TrainingSpec:
@@ -56,6 +64,11 @@ def master_address(owner: Owner) -> str:
 
 
 def training_script(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> str:
+    """The pods' shell script: ``exec`` :func:`training_command`."""
+    return "exec " + training_command(plan, spec)
+
+
+def training_command(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> str:
     """torchrun launching ``python -m autoparallel.parallel.train`` with the planned degrees, or the user's
     ``training.command``, then ``training.args``.
 
@@ -73,9 +86,16 @@ def training_script(plan: ChosenPlan, spec: ParallelDeploymentSpec) -> str:
             global_batch_size=spec.workload.batch_size,
             micro_batches=plan.micro_batches,
             steps=training.steps,
+            init=training.init.value if training.init else None,
+            data=training.data,
+            data_field=training.data_field,
+            checkpoint_dir=training.checkpoint_dir,
+            checkpoint_every=training.checkpoint_every,
+            export_dir=training.export_dir,
+            export_every=training.export_every,
         )
         argv = torchrun_args(plan.degrees, options, pods, plan.gpus_per_pod)
-    return "exec " + join([*argv, *training.args])
+    return join([*argv, *training.args])
 
 
 def training_env(plan: ChosenPlan, owner: Owner) -> list[Manifest]:
@@ -96,6 +116,13 @@ def training_env(plan: ChosenPlan, owner: Owner) -> list[Manifest]:
     ]
 
 
+def _volume_group(spec: ParallelDeploymentSpec) -> Manifest:
+    """:data:`VOLUME_GROUP` as the pods' securityContext, unless spec.podTemplate sets one (which then wins whole)."""
+    if spec.pod_template is not None and spec.pod_template.spec.security_context is not None:
+        return {}
+    return {"securityContext": dict(VOLUME_GROUP)}
+
+
 def render_training_service(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> Manifest:
     """Headless Service ``<name>``: DNS names for the Job's pods, published before they are ready (the
     rendezvous happens before any pod could be)."""
@@ -112,13 +139,16 @@ def render_training_service(plan: ChosenPlan, spec: ParallelDeploymentSpec, owne
     }
 
 
-def render_training_job(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner) -> Manifest:
-    """Indexed Job ``<name>``: one pod per node, all running at once (completions = parallelism)."""
+def render_training_job(
+    plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: Owner, default_image: str = DEFAULT_TRAINING_IMAGE
+) -> Manifest:
+    """Indexed Job ``<name>``: one pod per node, all running at once (completions = parallelism), in
+    ``training.image`` or else ``default_image`` (the operator's --training-image)."""
     training = _training(spec)
     pods = training_pods(plan)
     main = container(
         "trainer",
-        training.image,
+        training.image or default_image,
         ["/bin/sh", "-c", training_script(plan, spec)],
         ports=[container_port(TORCHRUN_PORT_NAME, TORCHRUN_MASTER_PORT)],
         env_vars=env([*training_env(plan, owner), *model_env(spec)], training.env),
@@ -131,7 +161,7 @@ def render_training_job(plan: ChosenPlan, spec: ParallelDeploymentSpec, owner: O
         owner,
         COMPONENT_TRAINING,
         main,
-        extra_spec={"restartPolicy": "Never", "subdomain": owner.name},
+        extra_spec={"restartPolicy": "Never", "subdomain": owner.name, **_volume_group(spec)},
     )
     return {
         "apiVersion": "batch/v1",

@@ -4,7 +4,8 @@ The model and optimizer state come from ``torch.distributed.checkpoint.state_dic
 masters, with the optimizer state flattened (``state.<name>.exp_avg``, ``param_groups.<name>.lr``): every
 tensor is saved under the full model's parameter name with its global shape, whatever the rank holds (an FSDP2
 shard over the data-parallel ranks, a DTensor tensor-parallel shard, a pipeline stage's layers), so a
-checkpoint loads under other TP/PP/DP degrees, and ``set_state_dict`` puts it back into the local shards.
+checkpoint loads under other TP/PP/DP degrees, and ``set_state_dict`` puts it back into the local shards. The data
+position (epoch, index into its order, fingerprint of the rows) is the same on every rank.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
+from autoparallel.parallel.train.data import DataStream
 from autoparallel.parallel.train.optim import MasterAdamW
 
 STEP_DIR = "step-{step:08d}"
@@ -29,15 +31,21 @@ OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 parameters, so positions would collide across ranks."""
 
 
-def _state(optimizer: MasterAdamW, step: int) -> dict[str, Any]:
+def _state(optimizer: MasterAdamW, step: int, data: DataStream) -> dict[str, Any]:
     model, optim = get_state_dict(optimizer.masters, optimizer.adamw, options=OPTIONS)
-    return {"model": model, "optimizer": optim, "step": torch.tensor(step), "rng": torch.get_rng_state()}
+    return {
+        "model": model,
+        "optimizer": optim,
+        "step": torch.tensor(step),
+        "rng": torch.get_rng_state(),
+        "data": data.state_dict(),
+    }
 
 
-def save(directory: str, step: int, optimizer: MasterAdamW) -> Path:
-    """Save the model, optimizer, step and RNG of ``step`` (collective: every rank calls it)."""
+def save(directory: str, step: int, optimizer: MasterAdamW, data: DataStream) -> Path:
+    """Save the model, optimizer, step, RNG and data position of ``step`` (collective: every rank calls it)."""
     path = Path(directory) / STEP_DIR.format(step=step)
-    dcp_save(_state(optimizer, step), checkpoint_id=str(path))
+    dcp_save(_state(optimizer, step, data), checkpoint_id=str(path))
     return path
 
 
@@ -52,10 +60,12 @@ def latest(directory: str) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def load(path: Path, optimizer: MasterAdamW) -> int:
-    """Restore model, optimizer and RNG from ``path`` in place; returns the step it was saved at."""
-    state = _state(optimizer, 0)
+def load(path: Path, optimizer: MasterAdamW, data: DataStream) -> int:
+    """Restore model, optimizer, RNG and data position from ``path`` in place; returns the step it was saved at
+    (:class:`ConfigError` when it was saved over other data)."""
+    state = _state(optimizer, 0, data)
     dcp_load(state, checkpoint_id=str(path))
+    data.load_state_dict(state["data"])
     set_state_dict(
         optimizer.masters,
         optimizer.adamw,

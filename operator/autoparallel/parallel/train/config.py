@@ -18,6 +18,7 @@ from autoparallel.parallel.train.model import TINY_GPT, TinyGPTConfig
 
 PRECISIONS = ("fp32", "bf16")
 INITS = ("pretrained", "random")
+DEFAULT_DATA_FIELD = "text"
 ENVIRONMENT = {
     "AUTOPARALLEL_TENSOR_PARALLEL": "tensor_parallel",
     "AUTOPARALLEL_PIPELINE_PARALLEL": "pipeline_parallel",
@@ -64,7 +65,10 @@ class TrainConfig:
     precision: str = "fp32"
     """``fp32``, or ``bf16``: bf16 weights and activations with fp32 gradients, master weights and Adam states."""
     data: str = "synthetic"
-    """``synthetic`` (deterministic token patterns) or the path of a text file read as bytes."""
+    """``synthetic`` (deterministic token patterns), or a dataset: a local file or folder (jsonl/json, parquet,
+    arrow, csv, txt) or a dataset id in the local Hugging Face cache, tokenized by the model's tokenizer."""
+    data_field: str = DEFAULT_DATA_FIELD
+    """The dataset's text column (when missing, a ``messages`` column goes through the chat template)."""
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     """Save every N steps (0: only at the end); nothing is saved without ``checkpoint_dir``."""
@@ -169,7 +173,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--data", help="'synthetic' or a text file")
+    p.add_argument("--data", help="'synthetic', a jsonl/parquet/arrow/txt file or folder, or a cached dataset id")
+    p.add_argument("--data-field", help=f"the dataset's text column (default {DEFAULT_DATA_FIELD}; else 'messages')")
     p.add_argument("--checkpoint-dir")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--resume", action="store_true", default=None)

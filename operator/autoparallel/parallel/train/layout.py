@@ -123,8 +123,9 @@ def apply_data_parallel(model: nn.Module, dp_mesh: DeviceMesh, precision: str) -
     each block, then the root, on ``dp_mesh`` after :func:`apply_tensor_parallel` (a TP shard is sharded again
     over the DP ranks: a 2-D DTensor). Parameters, gradients and optimizer states are split over the DP ranks
     (ZeRO stage 3); each block's weights are all-gathered for its forward and backward, and gradients are
-    reduce-scattered (mean) once per optimizer step. Under ``bf16`` the sharded parameters stay fp32 (the
-    masters) and compute runs in bf16, gradients reduced in fp32."""
+    reduce-scattered after each micro-batch, summed, not averaged: each replica's loss is already divided by
+    the global batch's target count (``loop.causal_lm_loss``), as torchtitan does. Under ``bf16`` the sharded
+    parameters stay fp32 (the masters) and compute runs in bf16, gradients reduced in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = (
@@ -132,9 +133,10 @@ def apply_data_parallel(model: nn.Module, dp_mesh: DeviceMesh, precision: str) -
         if precision == "bf16"
         else MixedPrecisionPolicy()
     )
-    for unit in _shard_units(model):
-        fully_shard(unit, mesh=dp_mesh, mp_policy=policy)
-    fully_shard(model, mesh=dp_mesh, mp_policy=policy)
+    for unit in [*_shard_units(model), model]:
+        sharded = fully_shard(unit, mesh=dp_mesh, mp_policy=policy)
+        sharded.set_gradient_divide_factor(1.0)
+        sharded.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM
     return model
 
 

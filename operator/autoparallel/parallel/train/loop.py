@@ -13,11 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 
 from autoparallel.parallel.train import checkpoint, export
 from autoparallel.parallel.train.config import TrainConfig
-from autoparallel.parallel.train.data import Batch, TokenSource
+from autoparallel.parallel.train.data import IGNORE_INDEX, Batch, DataStream, build_stream
 from autoparallel.parallel.train.layout import (
     Coordinates,
     apply_data_parallel,
@@ -37,9 +36,14 @@ _RSS_UNIT = 1 if sys.platform == "darwin" else 1024
 """``ru_maxrss`` is in bytes on macOS and in KiB on Linux."""
 
 
-def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy, computed in fp32."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, target_count: int) -> torch.Tensor:
+    """Next-token cross-entropy (fp32) summed over the targets that are not ignored, divided by
+    ``target_count``, those of the step's whole global batch: the micro-batches' and data-parallel ranks' losses
+    add up to the global batch's mean, and so do their gradients (FSDP2 sums them, ``layout``)."""
+    summed = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return summed / target_count
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Trainer:
     config: TrainConfig
     model: nn.Module
     optimizer: MasterAdamW
-    source: TokenSource
+    data: DataStream
     coordinates: Coordinates
     device: torch.device
     schedule: object | None
@@ -58,40 +62,44 @@ class Trainer:
     """Where a transformers ``--model`` lives (exports copy its tokenizer); None for the tiny GPT."""
 
     def forward_backward(self, batch: Batch) -> torch.Tensor:
-        """Accumulate one optimizer step's gradients; returns the step's mean loss on the last stage (else 0)."""
-        config, k = self.config, self.config.micro_batches
+        """Accumulate one optimizer step's gradients; returns this replica's share of the step's loss on the
+        last stage (else 0). Every stage gets the position ids (the schedule passes keyword inputs to all)."""
+        config, k, count = self.config, self.config.micro_batches, batch.target_count
         inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+        positions = batch.position_ids.to(self.device)
         if self.schedule is None:
             total = torch.zeros((), device=self.device)
-            for index, (micro_inputs, micro_targets) in enumerate(zip(inputs.chunk(k), targets.chunk(k), strict=True)):
-                if isinstance(self.model, FSDPModule):  # reduce-scatter once, after the last micro-batch
-                    self.model.set_requires_gradient_sync(index == k - 1)
-                loss = causal_lm_loss(self.model(micro_inputs), micro_targets) / k
+            micro = zip(inputs.chunk(k), targets.chunk(k), positions.chunk(k), strict=True)
+            # FSDP2 reduce-scatters after every micro-batch into the sharded gradients (as torchtitan does):
+            # skipping the sync would keep every unsharded gradient, in fp32, until the last one (4 bytes per
+            # parameter instead of 4 / DP)
+            for micro_inputs, micro_targets, micro_positions in micro:
+                loss = causal_lm_loss(self.model(micro_inputs, micro_positions), micro_targets, count)
                 torch.autograd.backward(loss)
                 total += loss.detach()
             return total
         losses: list[torch.Tensor] = []
         step = getattr(self.schedule, "step")  # noqa: B009  (typed loosely: pipelining has no stubs)
         if self.coordinates.pp_rank == 0:
-            step(inputs)
+            step(inputs, position_ids=positions)
         elif self.coordinates.is_last_stage(config):
-            step(target=targets, losses=losses)
+            step(target=targets, losses=losses, loss_kwargs={"target_count": count}, position_ids=positions)
         else:
-            step()
+            step(position_ids=positions)
         if not losses:
             return torch.zeros((), device=self.device)
-        return torch.stack([loss.detach().float() for loss in losses]).mean()
+        return torch.stack([loss.detach().float() for loss in losses]).sum()
 
     def global_loss(self, local: torch.Tensor) -> float:
-        """The step's loss averaged over data-parallel replicas (read from one TP rank of the last stage)."""
+        """The step's loss: the replicas' shares summed (read from one TP rank of the last stage)."""
         reporter = self.coordinates.is_last_stage(self.config) and self.coordinates.tp_rank == 0
         value = (local.detach().float() if reporter else torch.zeros((), device=self.device)).reshape(1)
         if dist.get_world_size() > 1:
             dist.all_reduce(value)
-        return float(value.item()) / self.config.data_parallel
+        return float(value.item())
 
-    def train_step(self, step: int) -> float:
-        batch = self.source.rank_batch(step, self.coordinates.dp_rank, self.config.data_parallel)
+    def train_step(self) -> float:
+        batch = self.data.next_batch(self.coordinates.dp_rank, self.config.data_parallel)
         local = self.forward_backward(batch)
         self.optimizer.collect_gradients()
         self.optimizer.step()
@@ -157,9 +165,10 @@ def build_trainer(config: TrainConfig) -> Trainer:
         stage = PipelineStage(
             model, coordinates.pp_rank, config.pipeline_parallel, device, group=mesh["pp"].get_group()
         )
-        schedule = Schedule1F1B(stage, n_microbatches=config.micro_batches, loss_fn=causal_lm_loss)
-    source = TokenSource(config.data, vocab_size, config.seq_len, config.global_batch_size, config.seed)
-    return Trainer(config, model, optimizer, source, coordinates, device, schedule, model_source)
+        # the loss is already divided by the global batch's target count: no further division by micro-batches
+        schedule = Schedule1F1B(stage, n_microbatches=config.micro_batches, loss_fn=causal_lm_loss, scale_grads=False)
+    data = build_stream(config, vocab_size)
+    return Trainer(config, model, optimizer, data, coordinates, device, schedule, model_source)
 
 
 def train(config: TrainConfig) -> list[StepMetrics]:
@@ -171,7 +180,7 @@ def train(config: TrainConfig) -> list[StepMetrics]:
             raise ValueError("--resume needs --checkpoint-dir")
         path = checkpoint.latest(config.checkpoint_dir)
         if path is not None:
-            start = checkpoint.load(path, trainer.optimizer)
+            start = checkpoint.load(path, trainer.optimizer, trainer.data)
             logger.info("resumed from %s at step %d", path, start)
     is_writer = dist.get_rank() == 0
     history: list[StepMetrics] = []
@@ -184,7 +193,7 @@ def train(config: TrainConfig) -> list[StepMetrics]:
     ) as writer:
         for step in range(start, config.steps):
             began = time.perf_counter()
-            loss = trainer.train_step(step)
+            loss = trainer.train_step()
             seconds = time.perf_counter() - began
             peaks = peaks_per_rank(trainer.device)
             metrics = StepMetrics(step + 1, loss, tokens_per_step / seconds, seconds, max(peaks), peaks)
@@ -193,7 +202,7 @@ def train(config: TrainConfig) -> list[StepMetrics]:
                 writer.write(metrics)
             due = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
             if config.checkpoint_dir and (due or step + 1 == config.steps):
-                checkpoint.save(config.checkpoint_dir, step + 1, trainer.optimizer)
+                checkpoint.save(config.checkpoint_dir, step + 1, trainer.optimizer, trainer.data)
             if config.export_dir and trainer.model_source and export.due(config, step + 1):
                 path = export.export(
                     config.export_dir, trainer.model, trainer.optimizer, trainer.model_source, config.precision

@@ -55,12 +55,23 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def rotary_tables(seq_len: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (seq, head_dim), Llama's half-split layout."""
+def rotary_tables(position_ids: torch.Tensor, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (batch, 1, seq, head_dim) for positions (batch, seq), Llama's half-split layout."""
     inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
-    angles = torch.cat((angles, angles), dim=-1)
+    angles = position_ids.to(torch.float32)[..., None] * inv_freq.to(position_ids.device)
+    angles = torch.cat((angles, angles), dim=-1)[:, None]
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def document_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """Attention allowed (batch, 1, seq, seq): causal, within one packed document. A document starts wherever a
+    position does not follow the previous one by 1, transformers' rule (``masking_utils``'
+    ``find_packed_sequence_indices``), so both model kinds read a packed batch alike."""
+    first = position_ids[:, :1] - 1
+    documents = (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+    seq = position_ids.shape[-1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=position_ids.device).tril()
+    return ((documents[:, :, None] == documents[:, None, :]) & causal)[:, None]
 
 
 class Attention(nn.Module):
@@ -76,14 +87,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, h, bias=False)
         self.o_proj = nn.Linear(h, h, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, seq, _ = x.shape
-        cos, sin = rotary_tables(seq, self.head_dim, x.dtype)
         q, k, v = (
             proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
-        out = F.scaled_dot_product_attention(_rotate(q, cos, sin), _rotate(k, cos, sin), v, is_causal=True)
+        out = F.scaled_dot_product_attention(
+            _rotate(q, cos, sin), _rotate(k, cos, sin), v, attn_mask=mask, is_causal=mask is None
+        )
         projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
         return projected
 
@@ -112,15 +124,17 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         out: torch.Tensor = x + self.mlp(self.post_attention_layernorm(x))
         return out
 
 
 class TinyGPT(nn.Module):
     """Token ids (batch, seq) in, logits (batch, seq, vocab) out; a pipeline stage maps hidden states instead
-    when it lacks the embedding or the head."""
+    when it lacks the embedding or the head. With ``position_ids`` (batch, seq) each packed document gets its
+    own rotary positions and attends only within itself (:func:`document_mask`); without, a row is one
+    document."""
 
     def __init__(self, config: TinyGPTConfig) -> None:
         super().__init__()
@@ -135,11 +149,16 @@ class TinyGPT(nn.Module):
             elif not name.endswith("weight"):
                 nn.init.zeros_(param)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed_tokens is not None:
             x = self.embed_tokens(x)
+        batch, seq = x.shape[:2]
+        mask = None if position_ids is None else document_mask(position_ids)
+        if position_ids is None:
+            position_ids = torch.arange(seq, device=x.device).expand(batch, seq)
+        cos, sin = rotary_tables(position_ids, self.config.head_dim, x.dtype)
         for layer in self.layers.values():
-            x = layer(x)
+            x = layer(x, cos, sin, mask)
         if self.norm is not None:
             x = self.norm(x)
         if self.lm_head is not None:
@@ -151,7 +170,10 @@ class CausalLMLogits(nn.Module):
     """A transformers causal LM returning plain logits, so the runtime treats it like the tiny GPT.
 
     Token ids go in as ``input_ids``; a later pipeline stage (``stages.keep_decoder_stage``) gets the previous
-    stage's hidden states, a floating-point tensor, and hands them in as ``inputs_embeds``."""
+    stage's hidden states, a floating-point tensor, and hands them in as ``inputs_embeds``. Given
+    ``position_ids`` and no attention mask, transformers masks packed documents itself: its causal mask
+    (``masking_utils.find_packed_sequence_indices``) lets a token attend only within its run of consecutive
+    positions."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
