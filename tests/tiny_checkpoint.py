@@ -1,9 +1,11 @@
-"""A tiny Hugging Face checkpoint for the training tests, built offline: a Llama from ``LlamaConfig`` and a word-level
-tokenizer trained on the test corpus with ``tokenizers`` (BOS added to every text, EOS, a chat template), saved
-together with ``save_pretrained`` as a real model folder is."""
+"""Tiny Hugging Face checkpoints for the training runtime's tests, made offline: a Llama built from its config and
+written with ``save_pretrained``, a word-level tokenizer trained on the test corpus with ``tokenizers`` (BOS added
+to every text, EOS, a chat template) saved beside it, and the layout of the Hugging Face cache (``HF_HOME``) that
+``--model ORG/NAME`` is resolved through."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,37 +27,60 @@ CONVERSATIONS = [
 CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
 VOCAB_SIZE = 96
 """The model's vocabulary, above the tokenizer's size (as real checkpoints pad theirs)."""
+LLAMA = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+"""A Llama small enough for CPU tests: grouped-query attention, untied head, 4 layers to split."""
+REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
-def write_checkpoint(folder: Path, *, chat_template: bool = True, tokenizer: bool = True) -> Any:
-    """Save a 2-layer Llama (random weights) and, unless told not to, its tokenizer into ``folder``; returns
-    the model."""
-    import torch
+def train_tokenizer(chat_template: bool = True) -> Any:
+    """A word-level tokenizer trained on the documents and conversations, as transformers' fast tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [*DOCUMENTS, *(m["content"] for c in CONVERSATIONS for m in c), "user assistant :"]
+    words.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[BOS]", "[EOS]"]))
+    words.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]")
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def save_tiny_llama(
+    folder: Path, seed: int = 0, *, tokenizer: bool = True, chat_template: bool = True, **overrides: Any
+) -> Path:
+    """A randomly initialised tiny Llama (:data:`LLAMA` with ``overrides``) and, unless told not to, its
+    tokenizer, saved to ``folder``."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**{**LLAMA, **overrides}), dtype=torch.float32)
     model.save_pretrained(folder)
     if tokenizer:
-        words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-        words.pre_tokenizer = pre_tokenizers.Whitespace()
-        corpus = [*DOCUMENTS, *(m["content"] for c in CONVERSATIONS for m in c), "user assistant :"]
-        words.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[BOS]", "[EOS]"]))
-        words.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
-        fast = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]")
-        if chat_template:
-            fast.chat_template = CHAT_TEMPLATE
-        fast.save_pretrained(folder)
-    return model
+        train_tokenizer(chat_template).save_pretrained(folder)
+    return folder
+
+
+def cache_model(hf_home: Path, repo_id: str, folder: Path) -> Path:
+    """Put ``folder`` into the Hugging Face cache under ``hf_home`` as ``repo_id``'s main revision; returns the
+    snapshot folder."""
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / REVISION
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    return snapshot

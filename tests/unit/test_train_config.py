@@ -38,6 +38,14 @@ def test_yaml_then_environment_then_flags(tmp_path: Path) -> None:
     assert config.tiny == TinyGPTConfig(hidden_size=64, num_heads=8, num_layers=2)
 
 
+def test_weights_and_export_flags_parse() -> None:
+    argv = ["--model", "org/name", "--init", "random", "--export-dir", "/out", "--export-every", "50"]
+    config = load_config(argv, environ={"AUTOPARALLEL_EXPORT_DIR": "/elsewhere"})
+    assert (config.model, config.init, config.export_dir, config.export_every) == ("org/name", "random", "/out", 50)
+    assert load_config([], environ={"AUTOPARALLEL_EXPORT_DIR": "/elsewhere"}).export_dir == "/elsewhere"
+    assert load_config([], environ={}).init is None  # decided by the model: pretrained when it has weights
+
+
 def test_unknown_yaml_option_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("tensor_paralel: 2\n")
@@ -54,6 +62,10 @@ def test_unknown_yaml_option_is_rejected(tmp_path: Path) -> None:
         (TrainConfig(pipeline_parallel=8, micro_batches=8), 8, r"number of layers \(4\) must be at least"),
         (TrainConfig(pipeline_parallel=2, micro_batches=1), 2, r"micro-batches \(1\) must be at least"),
         (TrainConfig(precision="fp16"), 1, r"precision must be one of"),
+        (TrainConfig(init="zeros"), 1, r"init must be one of pretrained, random \(got 'zeros'\)"),
+        (TrainConfig(export_every=-1), 1, r"export every \(-1\) must be 0"),
+        (TrainConfig(init="pretrained"), 1, r"init pretrained: tiny-gpt has no pretrained weights"),
+        (TrainConfig(export_dir="out"), 1, r"export dir: tiny-gpt has no Hugging Face form"),
     ],
 )
 def test_invalid_layouts_name_the_numbers(config: TrainConfig, world_size: int, message: str) -> None:

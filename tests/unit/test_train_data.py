@@ -22,7 +22,7 @@ from autoparallel.parallel.train.loop import causal_lm_loss  # noqa: E402
 from autoparallel.parallel.train.model import CausalLMLogits, TinyGPT, TinyGPTConfig  # noqa: E402
 from autoparallel.parallel.train.optim import MasterAdamW  # noqa: E402
 from autoparallel.parallel.train.packing import PackedRows  # noqa: E402
-from tiny_checkpoint import CONVERSATIONS, DOCUMENTS, VOCAB_SIZE, write_checkpoint  # noqa: E402
+from tiny_checkpoint import CONVERSATIONS, DOCUMENTS, VOCAB_SIZE, save_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -52,7 +52,7 @@ def _segments(position_ids: torch.Tensor) -> list[tuple[int, int, int]]:
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("llama")
-    write_checkpoint(folder)
+    save_tiny_llama(folder)
     return folder
 
 
@@ -270,9 +270,9 @@ def test_data_field_flag() -> None:
 
 def _bad_inputs(checkpoint_dir: Path, tmp_path: Path) -> list[tuple[str, str, str, str]]:
     bare = tmp_path / "bare"
-    write_checkpoint(bare, tokenizer=False)
+    save_tiny_llama(bare, tokenizer=False)
     plain = tmp_path / "plain"
-    write_checkpoint(plain, chat_template=False)
+    save_tiny_llama(plain, chat_template=False)
     docs = _jsonl(tmp_path / "docs.jsonl", [{"text": text} for text in DOCUMENTS])
     chat = _jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in CONVERSATIONS])
     numbers = _jsonl(tmp_path / "numbers.jsonl", [{"text": 1}])

@@ -139,13 +139,22 @@ def _reorder_fused(model: nn.Module, report: TPAnalysisReport, world_size: int) 
                     parameter.data = parameter.data.index_select(dim, order.to(parameter.device))
 
 
-def _tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
+def tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
     """Groups of (module path, parameter name) that share one parameter, the owner first."""
     places: dict[int, list[tuple[str, str]]] = {}
     for module_name, module in model.named_modules():
         for name, parameter in module.named_parameters(recurse=False):
             places.setdefault(id(parameter), []).append((module_name, name))
     return [group for group in places.values() if len(group) > 1]
+
+
+def retie(model: nn.Module, ties: list[list[tuple[str, str]]]) -> None:
+    """Share each group's owner parameter again (``tied_parameters`` before an operation that gave every
+    module its own copy: ``parallelize_module``, ``to_empty``)."""
+    for (owner_module, owner_name), *others in ties:
+        shared = getattr(model.get_submodule(owner_module), owner_name)
+        for module_name, name in others:
+            setattr(model.get_submodule(module_name), name, shared)
 
 
 def _sum_over_ranks(group: dist.ProcessGroup) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -188,17 +197,14 @@ def convert_to_tp(
     report = analysis or analyze_tp(model, max_world_size=world_size)
     plan = build_tp_plan(report, world_size)
     attributes = _local_attributes(model, report, world_size)
-    ties = _tied_parameters(model)
+    ties = tied_parameters(model)
     _reorder_fused(model, report, world_size)
     root_style = plan.pop("", None)
     if plan:
         parallelize_module(model, device_mesh, plan)
     if root_style is not None:
         parallelize_module(model, device_mesh, root_style)
-    for (owner_module, owner_name), *others in ties:  # parallelize_module gives each module its own copy
-        shared = getattr(model.get_submodule(owner_module), owner_name)
-        for module_name, name in others:
-            setattr(model.get_submodule(module_name), name, shared)
+    retie(model, ties)  # parallelize_module gives each module its own copy
     for (path, attribute), value in attributes.items():
         setattr(model.get_submodule(path), attribute, value)
     for layer in report.layers:

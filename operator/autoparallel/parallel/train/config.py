@@ -17,6 +17,7 @@ import yaml
 from autoparallel.parallel.train.model import TINY_GPT, TinyGPTConfig
 
 PRECISIONS = ("fp32", "bf16")
+INITS = ("pretrained", "random")
 DEFAULT_DATA_FIELD = "text"
 ENVIRONMENT = {
     "AUTOPARALLEL_TENSOR_PARALLEL": "tensor_parallel",
@@ -24,6 +25,7 @@ ENVIRONMENT = {
     "AUTOPARALLEL_DATA_PARALLEL": "data_parallel",
     "AUTOPARALLEL_MODEL": "model",
     "AUTOPARALLEL_CHECKPOINT_DIR": "checkpoint_dir",
+    "AUTOPARALLEL_EXPORT_DIR": "export_dir",
     "AUTOPARALLEL_METRICS_JSONL": "metrics_jsonl",
 }
 """Environment variables the runtime reads (the operator sets the three degrees on every training pod)."""
@@ -44,7 +46,10 @@ class TrainConfig:
     data_parallel: int = 1
     """Model replicas; the global batch is split between them and gradients averaged."""
     model: str = TINY_GPT
-    """``tiny-gpt``, a transformers ``config.json`` (or a directory holding one), or a hub id in the local cache."""
+    """``tiny-gpt``, a transformers ``config.json``, a folder holding one (and ``*.safetensors`` weights), or a
+    Hugging Face id in the local cache (``HF_HOME``)."""
+    init: str | None = None
+    """``pretrained`` (the model's safetensors) or ``random``; unset: pretrained when the model has weights."""
     seq_len: int = 32
     """Tokens per sequence."""
     global_batch_size: int = 8
@@ -69,6 +74,10 @@ class TrainConfig:
     """Save every N steps (0: only at the end); nothing is saved without ``checkpoint_dir``."""
     resume: bool = False
     """Continue from the latest checkpoint in ``checkpoint_dir``."""
+    export_dir: str | None = None
+    """Where the trained model is written as a Hugging Face folder (``export.py``); nothing without it."""
+    export_every: int = 0
+    """Export every N steps too (0: only at the end; the last step is always exported with ``export_dir``)."""
     metrics_jsonl: str | None = None
     metrics_csv: str | None = None
     tensorboard_dir: str | None = None
@@ -106,8 +115,22 @@ class TrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.init is not None and self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)} (got {self.init!r})")
+        if self.export_every < 0:
+            raise ConfigError(f"export every ({self.export_every}) must be 0 (at the end only) or a number of steps")
         if self.model == TINY_GPT:
             validate_tiny_gpt(self.tiny, tp, pp, self.seq_len)
+            if self.init == "pretrained":
+                raise ConfigError(
+                    f"init pretrained: {TINY_GPT} has no pretrained weights; use --init random, or a --model folder "
+                    "or Hugging Face id with *.safetensors"
+                )
+            if self.export_dir:
+                raise ConfigError(
+                    f"export dir: {TINY_GPT} has no Hugging Face form to export; drop --export-dir or train a "
+                    "transformers --model"
+                )
 
 
 def validate_tiny_gpt(tiny: TinyGPTConfig, tp: int, pp: int, seq_len: int) -> None:
@@ -140,7 +163,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel", type=int)
     p.add_argument("--pipeline-parallel", type=int)
     p.add_argument("--data-parallel", type=int)
-    p.add_argument("--model", help=f"{TINY_GPT}, a transformers config.json, or a cached hub id")
+    p.add_argument("--model", help=f"{TINY_GPT}, a transformers config.json or model folder, or a cached hub id")
+    p.add_argument("--init", choices=INITS, help="default: pretrained when the model has safetensors weights")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--global-batch-size", type=int)
     p.add_argument("--micro-batches", type=int, help="micro-batches per optimizer step per data-parallel rank")
@@ -154,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--resume", action="store_true", default=None)
+    p.add_argument("--export-dir", help="write the trained model there as a Hugging Face folder")
+    p.add_argument("--export-every", type=int, help="export every N steps too (0: at the end only)")
     p.add_argument("--metrics-jsonl")
     p.add_argument("--metrics-csv")
     p.add_argument("--tensorboard-dir")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from autoparallel.parallel.train.config import ConfigError, TrainConfig
-from autoparallel.parallel.train.model import TinyGPT
+from autoparallel.parallel.train.model import CausalLMLogits, TinyGPT
+from autoparallel.parallel.train.stages import check_pipeline, keep_decoder_stage
 from autoparallel.planner.inference import pipeline_partition
 
 MESH_DIMS = ("dp", "pp", "tp")
@@ -49,9 +50,15 @@ def layer_range(num_layers: int, stage: int, num_stages: int) -> range:
 
 
 def keep_stage(model: nn.Module, stage: int, num_stages: int) -> nn.Module:
-    """Delete what other pipeline stages hold; parameter names stay those of the full model."""
+    """Delete what other pipeline stages hold; parameter names stay those of the full model. A transformers
+    decoder is cut by :func:`stages.keep_decoder_stage`."""
+    if isinstance(model, CausalLMLogits):
+        hf_config: Any = model.model.config
+        check_pipeline(hf_config, num_stages)
+        kept = layer_range(hf_config.num_hidden_layers, stage, num_stages)
+        return keep_decoder_stage(model, kept, first=stage == 0, last=stage == num_stages - 1)
     if not isinstance(model, TinyGPT):
-        raise ConfigError("pipeline parallelism splits the built-in tiny-gpt only; use --pipeline-parallel 1")
+        raise ConfigError("pipeline parallelism splits tiny-gpt and transformers decoders; use --pipeline-parallel 1")
     kept = layer_range(model.config.num_layers, stage, num_stages)
     for name in [name for name in model.layers if int(name) not in kept]:
         del model.layers[name]
@@ -63,20 +70,29 @@ def keep_stage(model: nn.Module, stage: int, num_stages: int) -> nn.Module:
     return model
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
+def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, hf_layout: bool = False) -> nn.Module:
     """Megatron pairs of the tiny GPT on ``tp_mesh``: q/k/v and gate/up column-wise, o and down row-wise (one
     all-reduce per pair), the embedding split over the vocabulary and the head over its outputs.
 
     The one place that knows the tiny GPT's plan; ``autoparallel.parallel.convert_to_tp`` (derived from any
-    model's structure) can replace it once it splits the embedding and head the same way."""
+    model's structure) splits transformers models, and can replace this once it splits the embedding and head
+    the same way. ``hf_layout``: the shards must stay slices of the Hugging Face tensors (pretrained weights
+    are read into them, exports written from them), which a fused projection's re-ordered rows are not."""
     from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
     if not isinstance(model, TinyGPT):
-        convert_to_tp = getattr(importlib.import_module("autoparallel.parallel"), "convert_to_tp", None)
-        if convert_to_tp is None:
-            raise ConfigError("tensor parallelism of transformers models needs autoparallel.parallel.convert_to_tp")
-        converted: nn.Module = convert_to_tp(model, tp_mesh)
+        from autoparallel.parallel import analyze_tp, convert_to_tp
+
+        report = analyze_tp(model, max_world_size=tp_mesh.size())
+        fused = next((layer for layer in report.layers if layer.fused_parts and layer.parallelizable), None)
+        if hf_layout and fused is not None:
+            raise ConfigError(
+                f"tensor parallel: the fused projection {fused.name} {list(fused.fused_parts)} is split with its "
+                "rows re-ordered, so pretrained weights and exports (Hugging Face layout) cannot be sharded "
+                "straight into it; use --tensor-parallel 1"
+            )
+        converted: nn.Module = convert_to_tp(model, tp_mesh, analysis=report)
         return converted
     plan: dict[str, ParallelStyle] = {}
     for name in model.layers:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from autoparallel.parallel.train import checkpoint
+from autoparallel.parallel.train import checkpoint, export
 from autoparallel.parallel.train.config import TrainConfig
 from autoparallel.parallel.train.data import IGNORE_INDEX, Batch, DataStream, build_stream
 from autoparallel.parallel.train.layout import (
@@ -26,8 +26,9 @@ from autoparallel.parallel.train.layout import (
     pick_device,
 )
 from autoparallel.parallel.train.metrics import MetricsWriter, StepMetrics, logger
-from autoparallel.parallel.train.model import build_model
+from autoparallel.parallel.train.model import TINY_GPT, build_model
 from autoparallel.parallel.train.optim import MasterAdamW
+from autoparallel.parallel.train.pretrained import ModelSource, load_weights, materialize, resolve_model
 
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)
 """Collective timeout: long enough for a slow first step (compilation, checkpoint loads) on big models."""
@@ -57,6 +58,8 @@ class Trainer:
     device: torch.device
     schedule: object | None
     """The 1F1B schedule when there is more than one pipeline stage."""
+    model_source: ModelSource | None = None
+    """Where a transformers ``--model`` lives (exports copy its tokenizer); None for the tiny GPT."""
 
     def forward_backward(self, batch: Batch) -> torch.Tensor:
         """Accumulate one optimizer step's gradients; returns this replica's share of the step's loss on the
@@ -131,18 +134,30 @@ def init_distributed(device: torch.device) -> None:
 
 
 def build_trainer(config: TrainConfig) -> Trainer:
+    """The model laid out on this rank: random weights from ``--seed`` (the full model built on every rank,
+    then cut), or a pretrained checkpoint read shard by shard into the laid-out skeleton (``pretrained.py``)."""
     device = pick_device()
     init_distributed(device)
     mesh, coordinates = build_mesh(config, device.type, dist.get_world_size())
-    model, vocab_size = build_model(config.model, config.seed, config.tiny)
+    model_source = None if config.model == TINY_GPT else resolve_model(config.model)
+    weights = model_source.weights_folder(config.init) if model_source is not None else None
+    pretrained = weights is not None
+    hf_config = model_source.config() if model_source is not None else None
+    model, vocab_size = build_model(config.model, config.seed, config.tiny, hf_config, empty=pretrained)
     if config.pipeline_parallel > 1:
         model = keep_stage(model, coordinates.pp_rank, config.pipeline_parallel)
-    model.to(device)
+    if not pretrained:
+        model.to(device)
     if config.tensor_parallel > 1:
-        model = apply_tensor_parallel(model, mesh["tp"])
+        model = apply_tensor_parallel(model, mesh["tp"], hf_layout=pretrained or bool(config.export_dir))
     if config.data_parallel > 1:
         model = apply_data_parallel(model, mesh["dp"], config.precision)
+    if pretrained:
+        materialize(model, device)
     optimizer = MasterAdamW(model, config.precision, config.lr, config.weight_decay)
+    if weights is not None:
+        load_weights(model, optimizer, weights)
+        logger.info("loaded pretrained weights from %s", weights)
     schedule = None
     if config.pipeline_parallel > 1:
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B
@@ -153,7 +168,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
         # the loss is already divided by the global batch's target count: no further division by micro-batches
         schedule = Schedule1F1B(stage, n_microbatches=config.micro_batches, loss_fn=causal_lm_loss, scale_grads=False)
     data = build_stream(config, vocab_size)
-    return Trainer(config, model, optimizer, data, coordinates, device, schedule)
+    return Trainer(config, model, optimizer, data, coordinates, device, schedule, model_source)
 
 
 def train(config: TrainConfig) -> list[StepMetrics]:
@@ -188,4 +203,9 @@ def train(config: TrainConfig) -> list[StepMetrics]:
             due = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
             if config.checkpoint_dir and (due or step + 1 == config.steps):
                 checkpoint.save(config.checkpoint_dir, step + 1, trainer.optimizer, trainer.data)
+            if config.export_dir and trainer.model_source and export.due(config, step + 1):
+                path = export.export(
+                    config.export_dir, trainer.model, trainer.optimizer, trainer.model_source, config.precision
+                )
+                logger.info("exported step %d to %s", step + 1, path)
     return history

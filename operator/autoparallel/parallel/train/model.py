@@ -9,8 +9,9 @@ the planner's analytic Llama shape counts its parameters exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -166,7 +167,10 @@ class TinyGPT(nn.Module):
 
 
 class CausalLMLogits(nn.Module):
-    """A transformers causal LM returning plain logits, so the runtime treats it like the tiny GPT. Given
+    """A transformers causal LM returning plain logits, so the runtime treats it like the tiny GPT.
+
+    Token ids go in as ``input_ids``; a later pipeline stage (``stages.keep_decoder_stage``) gets the previous
+    stage's hidden states, a floating-point tensor, and hands them in as ``inputs_embeds``. Given
     ``position_ids`` and no attention mask, transformers masks packed documents itself: its causal mask
     (``masking_utils.find_packed_sequence_indices``) lets a token attend only within its run of consecutive
     positions."""
@@ -175,31 +179,45 @@ class CausalLMLogits(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        logits: torch.Tensor = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    def forward(self, inputs: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        key = "inputs_embeds" if inputs.is_floating_point() else "input_ids"
+        logits: torch.Tensor = self.model(**{key: inputs}, position_ids=position_ids, use_cache=False).logits
         return logits
 
 
-def load_transformers_config(name: str) -> Any:
-    """A transformers config from a ``config.json`` path, a directory holding one, or a hub id (offline cache)."""
-    from transformers import AutoConfig, PretrainedConfig
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Parameters registered inside go to the meta device as they are created (their initialisation costs
+    nothing); buffers stay real, so the non-persistent ones a checkpoint does not hold (rotary frequencies)
+    keep the values the model computed. accelerate's ``init_empty_weights(include_buffers=False)`` does the
+    same; plain ``torch.device("meta")`` would leave those buffers empty too."""
+    register = nn.Module.register_parameter
 
-    path = Path(name)
-    if path.is_file():
-        config_dict, _ = PretrainedConfig.get_config_dict(str(path))
-        model_type = config_dict.pop("model_type")
-        return AutoConfig.for_model(model_type, **config_dict)
-    return AutoConfig.from_pretrained(name)
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def build_model(name: str, seed: int, tiny: TinyGPTConfig | None = None) -> tuple[nn.Module, int]:
-    """The full model, initialised identically on every rank from ``seed``, and its vocabulary size."""
+def build_model(
+    name: str, seed: int, tiny: TinyGPTConfig | None = None, hf_config: Any = None, empty: bool = False
+) -> tuple[nn.Module, int]:
+    """The full model, initialised identically on every rank from ``seed``, and its vocabulary size.
+
+    ``hf_config`` is the transformers config of a model other than the tiny GPT (``pretrained.ModelSource``);
+    ``empty`` leaves its parameters on the meta device, for pretrained weights to fill after the layout."""
     torch.manual_seed(seed)
     if name == TINY_GPT:
         config = tiny or TinyGPTConfig()
         return TinyGPT(config), config.vocab_size
     from transformers import AutoModelForCausalLM
 
-    hf_config = load_transformers_config(name)
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    with parameters_on_meta() if empty else nullcontext():
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     return CausalLMLogits(model), int(hf_config.vocab_size)

@@ -52,8 +52,9 @@ class MasterAdamW:
         self.separate_masters = precision == "bf16" and not isinstance(model, FSDPModule)
         if self.separate_masters:
             self.masters = _module_of({name: p.detach().to(torch.float32).clone() for name, p in self.params.items()})
-            model.to(torch.bfloat16)
-            self.params = dict(model.named_parameters())
+            with torch.no_grad():  # the parameters only: buffers (rotary frequencies) keep fp32, as in transformers
+                for param in self.params.values():
+                    param.data = param.data.to(torch.bfloat16)
         else:
             self.masters = model
         self.master_params = dict(self.masters.named_parameters())
