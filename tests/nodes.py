@@ -74,15 +74,23 @@ class TestNodes:
             status = node.pop("status")
             self.cluster.core.create_node(node)
             self.names.append(name)
-            self.cluster.core.patch_node_status(name, {"status": status})
             created.append((name, status))
+        # kwok initialises a node once, from the node it saw: the GPUs are patched in only after that (a patch
+        # made before could be overwritten by an initialisation that kwok computed from the older node)
+        for name, _ in created:
+            wait_for(lambda name=name: self._condition_ready(name), timeout=60, description=f"node {name} Ready (kwok)")
         for name, status in created:
+            self.cluster.core.patch_node_status(name, {"status": status})
             wait_for(
                 lambda name=name, status=status: self._ready(name, status),
                 timeout=60,
                 description=f"node {name} Ready (kwok) with its GPUs allocatable",
             )
         return [name for name, _ in created]
+
+    def _condition_ready(self, name: str) -> bool:
+        conditions = self.cluster.core.read_node(name).status.conditions or []
+        return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
     def _ready(self, name: str, status: dict[str, Any]) -> bool:
         """Ready, and its GPUs allocatable: kwok's initialisation of a new node can land after the status patch
