@@ -84,3 +84,19 @@ def cache_model(hf_home: Path, repo_id: str, folder: Path) -> Path:
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(REVISION)
     return snapshot
+
+
+def llama_equivalent(config: Any) -> Any:
+    """The transformers ``LlamaConfig`` of a tiny GPT (``TinyGPTConfig``): the same layout, so the planner's
+    analytic shape of it counts the tiny GPT's parameters exactly."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    )

@@ -8,14 +8,13 @@ rank's report."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from torchrun import torchrun
 
 pytestmark = pytest.mark.torch
 
@@ -23,23 +22,6 @@ WORKER = Path(__file__).parent / "tp_workers" / "tp_convert_worker.py"
 EXAMPLE = Path(__file__).parents[2] / "examples" / "parallel" / "tp_convert.py"
 MODELS = ("mlp", "gpt", "llama", "qwen3", "flat", "fused", "gpt2", "qwen3_moe")
 TOLERANCE = 1e-5
-WORKER_TIMEOUT_SECONDS = 300
-
-
-def _torchrun(world: int, script: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone`` (a free rendezvous port) on CPU; fails the test with the output when it fails."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [*command, str(script), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT_SECONDS,
-        check=False,
-    )
-    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda world: f"world{world}")
@@ -47,7 +29,7 @@ def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     """Every rank's JSON report from one torchrun launch of the worker."""
     world: int = request.param
     out = tmp_path_factory.mktemp(f"tp{world}")
-    _torchrun(world, WORKER, str(out))
+    torchrun(world, WORKER, str(out))
     reports = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
     assert [r["world_size"] for r in reports] == [world] * world
     return reports
@@ -168,7 +150,7 @@ def test_non_divisible_dimensions_are_rejected_naming_the_layer(ranks: list[dict
 
 
 def test_the_example_converts_and_matches() -> None:
-    out = _torchrun(2, EXAMPLE).stdout
+    out = torchrun(2, EXAMPLE).stdout
     lines = re.findall(
         r"rank (\d)/2: max \|logits - original\| = ([\d.e+-]+); weights held ([\d,]+) bytes "
         r"\(estimate ([\d,]+)\)",

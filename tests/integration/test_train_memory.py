@@ -9,9 +9,6 @@ equivalent of the tiny GPT (the table in docs/training.md)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +16,16 @@ import pytest
 
 pytest.importorskip("torch")
 
-from transformers import LlamaConfig
-
 from autoparallel.parallel.train.model import TinyGPTConfig
 from autoparallel.planner.inference import Degrees
 from autoparallel.planner.shapes import analytic_shape
 from autoparallel.planner.training import TrainingMemory, TrainingSettings, estimate_training_stages
+from tiny_checkpoint import llama_equivalent
+from torchrun import torchrun
 
 pytestmark = pytest.mark.torch
 
 WORKER = Path(__file__).parent / "train_workers" / "train_memory_worker.py"
-WORKER_TIMEOUT_SECONDS = 300
 GATHERED_TOLERANCE = 0.005
 """The planner counts every gathered gradient in bf16; the norms' come out in fp32 (and, under TP, the
 vocabulary-split embedding's): measured +0.15% at DP=2 and +0.30% at DP=2 × TP=2, exact with accumulation
@@ -55,24 +51,10 @@ LAYOUTS = {
 }
 
 
-def _torchrun(world: int, out: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [*command, str(WORKER), str(out), json.dumps(LAYOUTS[world])],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT_SECONDS,
-        check=False,
-    )
-    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-
-
 def _launch(world: int, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Every rank's report of every layout from one torchrun launch of ``world`` ranks."""
     out = tmp_path_factory.mktemp(f"memory{world}")
-    _torchrun(world, out)
+    torchrun(world, WORKER, str(out), json.dumps(LAYOUTS[world]))
     ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
     assert all(len(r["reports"]) == len(LAYOUTS[world]) for r in ranks)
     return [report for r in ranks for report in r["reports"]]
@@ -98,16 +80,7 @@ def reports(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 def _planned(layout: dict[str, int], stage: int) -> TrainingMemory:
     """The planner's figures for one rank of ``stage`` of ``layout``."""
     tiny = TinyGPTConfig(vocab_size=layout["vocab_size"])
-    shape = analytic_shape(
-        LlamaConfig(
-            vocab_size=tiny.vocab_size,
-            hidden_size=tiny.hidden_size,
-            num_hidden_layers=tiny.num_layers,
-            num_attention_heads=tiny.num_heads,
-            intermediate_size=tiny.intermediate_size,
-            tie_word_embeddings=False,
-        )
-    )
+    shape = analytic_shape(llama_equivalent(tiny))
     assert shape is not None
     degrees = Degrees(tensor=layout["tensor"], pipeline=layout["pipeline"], data=layout["data"])
     settings = TrainingSettings(

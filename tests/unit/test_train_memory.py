@@ -6,8 +6,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from transformers import LlamaConfig  # noqa: E402
-
 from autoparallel.parallel.train.loop import causal_lm_loss  # noqa: E402
 from autoparallel.parallel.train.memory import saved_activation_bytes  # noqa: E402
 from autoparallel.parallel.train.model import TinyGPT, TinyGPTConfig  # noqa: E402
@@ -15,6 +13,7 @@ from autoparallel.parallel.train.optim import MasterAdamW  # noqa: E402
 from autoparallel.planner.inference import Degrees  # noqa: E402
 from autoparallel.planner.shapes import analytic_shape  # noqa: E402
 from autoparallel.planner.training import TrainingSettings, estimate_training  # noqa: E402
+from tiny_checkpoint import llama_equivalent  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -22,18 +21,6 @@ MICRO_BATCH, SEQ_LEN = 4, 32
 ACTIVATION_TOLERANCE = 0.10
 """Korthikanti's per-layer formula against autograd's saved tensors (CPU SDPA keeps the attention
 probabilities, as ``recompute="none"`` assumes): measured 846,340 vs 884,736 bytes, -4.3%."""
-
-
-def _llama_equivalent(config: TinyGPTConfig) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        intermediate_size=config.intermediate_size,
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-    )
 
 
 def test_model_states_and_activations_match_the_planner() -> None:
@@ -47,7 +34,7 @@ def test_model_states_and_activations_match_the_planner() -> None:
     optimizer.collect_gradients()
     measured = optimizer.state_bytes()
 
-    shape = analytic_shape(_llama_equivalent(config))
+    shape = analytic_shape(llama_equivalent(config))
     assert shape is not None
     assert shape.parameter_count == sum(p.numel() for p in model.parameters())
     settings = TrainingSettings(
